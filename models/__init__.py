@@ -1,0 +1,1 @@
+"""The default models shipped with lensengine (ONNX files and the model card)."""
