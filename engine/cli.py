@@ -60,3 +60,4 @@ def main(argv: list[str] | None = None) -> None:
 
 # the engine's own commands register themselves on import
 from lensengine.engine import commands as _commands  # noqa: E402,F401
+from lensengine.engine import run_cli as _run_cli  # noqa: E402,F401

@@ -1,0 +1,371 @@
+"""Candidate catalogues (FITS) and score tables (Parquet).
+
+Score table: one row per scored cutout, written incrementally chunk by chunk
+with :class:`ScoreTableWriter` (Parquet row groups into a temporary file,
+renamed on close).  Candidate catalogue: the rows at or above a threshold,
+ranked, named (IAU style ``LENS Jhhmmss.ss+ddmmss.s``) and written by
+:func:`write_candidates` as a FITS BINTABLE with units, column descriptions
+(in the ``TTYPEn`` comments) and flat provenance cards (keys of at most 8
+characters, each with a comment).  Both are written to a temporary file and
+renamed, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from lensengine.catalogs.flags import describe
+
+__all__ = ["score_column", "ScoreTableWriter", "read_scores", "write_candidates", "read_catalog",
+           "write_table", "iau_name", "describe_file", "COLUMN_DESCRIPTIONS"]
+
+ENSEMBLE_COLUMN = "P_ENSEMBLE"
+COLUMN_DESCRIPTIONS = {
+    "NAME": "IAU-style name from RA/DEC (truncated)",
+    "RANK": "rank by score, 1 = most lens-like",
+    "OBJECT_ID": "object ID in the survey store",
+    "TILE": "store tile holding the cutout",
+    "CHUNK": "store chunk holding the cutout",
+    "RA": "right ascension (ICRS)",
+    "DEC": "declination (ICRS)",
+    "P_ENSEMBLE": "ensemble P(lens)",
+    "FLAGS": "quality flags (lensengine.catalogs.flags.Flag)",
+    "FLAG_TEXT": "quality flags as text",
+    "KNOWN_LENS": "matching known lens (empty: none)",
+    "KNOWN_SEP": "separation to the known lens",
+}
+REQUIRED_SCORE_COLUMNS = ("OBJECT_ID", "RA", "DEC", "FLAGS")
+REQUIRED_CATALOG_COLUMNS = ("NAME", "RANK", "OBJECT_ID", "RA", "DEC", "FLAGS")
+_KEY_RE = re.compile(r"^[A-Z0-9_-]{1,8}$")
+
+
+def score_column(model_name: str) -> str:
+    """Score-table column of a model: ``"OU-66"`` -> ``"P_OU_66"``; ``"ensemble"`` -> ``"P_ENSEMBLE"``."""
+    if model_name.lower() == "ensemble":
+        return ENSEMBLE_COLUMN
+    return "P_" + re.sub(r"[^A-Za-z0-9]+", "_", model_name).strip("_").upper()
+
+
+def describe_column(name: str) -> str:
+    if name in COLUMN_DESCRIPTIONS:
+        return COLUMN_DESCRIPTIONS[name]
+    if name.startswith("P_"):
+        return f"P(lens) from model {name[2:].replace('_', '-')} (NaN: not scored)"
+    if name.startswith("TRUTH_"):
+        return f"simulation truth: {name[6:].lower()}"
+    return ""
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+# --- score tables (Parquet) ---------------------------------------------------------
+
+_ARROW_TYPES = {"int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64", "uint8": "uint8",
+                "uint16": "uint16", "uint32": "uint32", "uint64": "uint64", "float32": "float32",
+                "float64": "float64", "bool": "bool_", "str": "string"}
+
+
+def _arrow_type(dtype):
+    import pyarrow as pa
+
+    name = "str" if np.dtype(dtype).kind in "USO" else ("bool" if np.dtype(dtype).kind == "b" else np.dtype(dtype).name)
+    if name not in _ARROW_TYPES:
+        raise ValueError(f"score-table column dtype {dtype!r} not supported")
+    return getattr(pa, _ARROW_TYPES[name])()
+
+
+class ScoreTableWriter:
+    """Write a Parquet score table incrementally (one row group per batch); tmp + rename on close.
+
+    ``schema_columns`` maps column name to a dtype string (``"int64"``, ``"float32"``, ``"str"`` ...);
+    without it the schema is inferred from the first batch.  ``metadata`` (flat str -> str) goes into
+    the file's key-value metadata (provenance).  Use as a context manager: on an exception the
+    temporary file is removed and nothing appears at ``path``.
+    """
+
+    def __init__(self, path, schema_columns: dict[str, str] | None = None, metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.schema_columns = dict(schema_columns) if schema_columns else None
+        self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+        self._tmp = _tmp_path(self.path)
+        self._writer = None
+        self._schema = None
+        self.n_rows = 0
+
+    def _open(self, batch: dict[str, np.ndarray]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = self.schema_columns or {k: np.asarray(v).dtype for k, v in batch.items()}
+        fields = [pa.field(name, _arrow_type(dtype), metadata={"description": describe_column(name)})
+                  for name, dtype in columns.items()]
+        meta = {"lensengine.kind": "score-table", **self.metadata}
+        self._schema = pa.schema(fields, metadata=meta)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
+
+    def write(self, batch: dict[str, np.ndarray]) -> None:
+        """Append one batch (dict of equal-length arrays) as a row group."""
+        import pyarrow as pa
+
+        if self._writer is None:
+            self._open(batch)
+        names = self._schema.names
+        missing, extra = set(names) - set(batch), set(batch) - set(names)
+        if missing or extra:
+            raise ValueError(f"score batch columns do not match the table: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        lengths = {len(batch[n]) for n in names}
+        if len(lengths) > 1:
+            raise ValueError(f"score batch columns have different lengths {sorted(lengths)}")
+        arrays = []
+        for field in self._schema:
+            values = np.asarray(batch[field.name])
+            if pa.types.is_string(field.type):
+                values = values.astype(str)
+            arrays.append(pa.array(values, type=field.type))
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
+        self.n_rows += lengths.pop() if lengths else 0
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        if self._writer is None:
+            raise ValueError(f"score table {self.path}: nothing was written (no batch, so no schema)")
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ScoreTableWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def read_scores(path):
+    """Read a Parquet score table into an astropy Table (RA/DEC in deg); validates the columns."""
+    import astropy.units as u
+    import pyarrow.parquet as pq
+    from astropy.table import Column, Table
+
+    path = Path(path)
+    try:
+        arrow = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a non-Parquet file
+        raise ValueError(f"{path} is not a readable Parquet score table: {exc}") from exc
+    missing = [c for c in REQUIRED_SCORE_COLUMNS if c not in arrow.column_names]
+    if missing:
+        raise ValueError(f"{path}: score table lacks columns {missing} (has {arrow.column_names})")
+    table = Table(meta={k.decode(): v.decode() for k, v in (arrow.schema.metadata or {}).items()})
+    for field, column in zip(arrow.schema, arrow.columns):
+        values = column.to_numpy(zero_copy_only=False)
+        if values.dtype == object:
+            values = values.astype(str)
+        desc = (field.metadata or {}).get(b"description", b"").decode()
+        table[field.name] = Column(values, description=desc or None)
+    for name in ("RA", "DEC"):
+        table[name].unit = u.deg
+    return table
+
+
+# --- candidate catalogues (FITS) --------------------------------------------------
+
+def iau_name(ra_deg, dec_deg, prefix: str = "LENS") -> list[str]:
+    """IAU-style names ``LENS Jhhmmss.ss+ddmmss.s`` (coordinates truncated, not rounded)."""
+    out = []
+    for ra, dec in zip(np.atleast_1d(ra_deg), np.atleast_1d(dec_deg)):
+        if not (np.isfinite(ra) and np.isfinite(dec)):
+            out.append(f"{prefix} J?")
+            continue
+        cs = int(np.floor((ra % 360.0) / 15.0 * 3600.0 * 100 + 1e-6))  # hundredths of a second of time
+        h, rest = divmod(cs, 360000)
+        m, rest = divmod(rest, 6000)
+        sign = "-" if dec < 0 else "+"
+        ds = int(np.floor(abs(dec) * 3600.0 * 10 + 1e-6))  # tenths of an arcsecond
+        d, drest = divmod(ds, 36000)
+        dm, drest = divmod(drest, 600)
+        out.append(f"{prefix} J{h:02d}{m:02d}{rest // 100:02d}.{rest % 100:02d}"
+                   f"{sign}{d:02d}{dm:02d}{drest // 10:02d}.{drest % 10:d}")
+    return out
+
+
+def _card(key: str, value, comment: str):
+    """A FITS card whose comment is shortened to fit (no truncation warnings)."""
+    from astropy.io import fits
+
+    if not _KEY_RE.match(key):
+        raise ValueError(f"provenance key {key!r} must be 1-8 characters A-Z, 0-9, _ or - (a flat FITS keyword)")
+    if isinstance(value, (dict, list, tuple, set)):
+        raise ValueError(f"provenance {key}: value must be a scalar, not {type(value).__name__} (FITS drops "
+                         f"nested values)")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None:
+        value = ""
+    if isinstance(value, str):
+        value = value.encode("ascii", "replace").decode()
+    used = len(str(fits.Card(key, value)).rstrip())
+    room = 80 - used - 3 if used <= 80 else 0
+    comment = comment[:room] if room > 0 else ""
+    return fits.Card(key, value, comment)
+
+
+def write_table(table, path) -> None:
+    """Write a candidate QTable to FITS (tmp + rename): descriptions in TTYPEn comments, provenance cards.
+
+    ``table.meta`` entries are ``KEY: (value, comment)`` or ``KEY: value``.
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    plain = table.copy(copy_data=False)
+    plain.meta = {}
+    hdu = fits.table_to_hdu(plain)
+    for i, name in enumerate(table.colnames, start=1):
+        desc = getattr(table[name].info, "description", None) or describe_column(name)
+        if desc:
+            hdu.header[f"TTYPE{i}"] = (name, desc[:80 - 13 - max(8, len(name))])
+    for key, item in table.meta.items():
+        value, comment = item if isinstance(item, tuple) and len(item) == 2 else (item, "")
+        hdu.header.append(_card(str(key).upper(), value, comment))
+    tmp = _tmp_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_candidates(table, path, *, threshold: float, score_col: str = ENSEMBLE_COLUMN,
+                     provenance: dict[str, tuple[object, str]]):
+    """Select rows with ``score_col >= threshold``, rank, name and write them as a FITS catalogue.
+
+    ``table`` is a score table (astropy Table, e.g. from :func:`read_scores`).
+    ``provenance`` maps FITS keys (<= 8 characters) to ``(value, comment)``;
+    ``THRESH``, ``SCORECOL``, ``NSCORED``, ``NCAND`` and ``DATE`` are added
+    unless given.  Returns the written QTable.
+    """
+    import astropy.units as u
+    from astropy.table import QTable
+
+    if score_col not in table.colnames:
+        raise ValueError(f"score column {score_col!r} not in the table (columns: {', '.join(table.colnames)})")
+    scores = np.asarray(table[score_col], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        keep = np.flatnonzero(np.isfinite(scores) & (scores >= threshold))
+    order = keep[np.argsort(-scores[keep], kind="stable")]
+    out = QTable()
+    ra = np.asarray(getattr(table["RA"], "value", table["RA"]), dtype=np.float64)[order]
+    dec = np.asarray(getattr(table["DEC"], "value", table["DEC"]), dtype=np.float64)[order]
+    out["NAME"] = np.array(iau_name(ra, dec), dtype=str) if len(order) else np.array([], dtype="U24")
+    out["RANK"] = np.arange(1, len(order) + 1, dtype=np.int32)
+    for name in table.colnames:
+        if name in ("NAME", "RANK", "RA", "DEC"):
+            continue
+        values = np.asarray(getattr(table[name], "value", table[name]))[order]
+        if name.startswith("P_"):
+            values = values.astype(np.float32)
+        out[name] = values
+        if name == "OBJECT_ID":
+            out["RA"] = ra * u.deg
+            out["DEC"] = dec * u.deg
+    if "RA" not in out.colnames:
+        out["RA"] = ra * u.deg
+        out["DEC"] = dec * u.deg
+    if "FLAGS" in out.colnames and "FLAG_TEXT" not in out.colnames:
+        out["FLAG_TEXT"] = np.array([describe(v) for v in out["FLAGS"]], dtype=str)
+    if "KNOWN_LENS" not in out.colnames:
+        out["KNOWN_LENS"] = np.full(len(out), "", dtype="U1")
+    for name in out.colnames:
+        out[name].info.description = describe_column(name) or None
+    meta = {
+        "THRESH": (float(threshold), f"candidates have {score_col} >= THRESH"),
+        "SCORECOL": (score_col, "score column used for selection and rank"),
+        "NSCORED": (len(table), "cutouts in the score table"),
+        "NCAND": (len(out), "candidates in this catalogue"),
+        "DATE": (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC date written"),
+    }
+    meta.update({k.upper(): v for k, v in provenance.items()})
+    for key, item in meta.items():
+        _card(key, *(item if isinstance(item, tuple) and len(item) == 2 else (item, "")))  # validate early
+    out.meta = meta
+    write_table(out, path)
+    return out
+
+
+def read_catalog(path):
+    """Read a candidate catalogue into a QTable; validates columns and units; provenance in ``meta``.
+
+    ``meta`` maps each provenance key to ``(value, comment)``.
+    """
+    import astropy.units as u
+    from astropy.io import fits
+    from astropy.table import QTable
+
+    path = Path(path)
+    try:
+        with fits.open(path) as hdul:
+            if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
+                raise ValueError(f"{path}: no BINTABLE in HDU 1 (not a lensengine candidate catalogue)")
+            header = hdul[1].header.copy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", u.UnitsWarning)
+                table = QTable.read(hdul, hdu=1)
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable FITS file: {exc}") from exc
+    missing = [c for c in REQUIRED_CATALOG_COLUMNS if c not in table.colnames]
+    if missing:
+        raise ValueError(f"{path}: catalogue lacks columns {missing} (has {', '.join(table.colnames)})")
+    for name in ("RA", "DEC"):
+        if getattr(table[name], "unit", None) != u.deg:
+            raise ValueError(f"{path}: column {name} has unit {getattr(table[name], 'unit', None)}, expected deg")
+    for name in table.colnames:  # FITS is big-endian: hand out native arrays
+        if table[name].dtype.byteorder == ">":
+            table[name] = table[name].astype(table[name].dtype.newbyteorder("="))
+    for i, name in enumerate(table.colnames, start=1):
+        comment = header.comments[f"TTYPE{i}"] if f"TTYPE{i}" in header else ""
+        if comment:
+            table[name].info.description = comment
+    structural = re.compile(r"^(XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|TFIELDS|T[A-Z]+\d+|EXTNAME)$")
+    table.meta = {card.keyword: (card.value, card.comment) for card in header.cards
+                  if card.keyword and not structural.match(card.keyword) and card.keyword not in ("COMMENT", "HISTORY")}
+    return table
+
+
+def describe_file(path) -> str:
+    """Text summary of a catalogue (FITS) or score table (Parquet): rows, columns, provenance."""
+    path = Path(path)
+    lines = []
+    if path.suffix.lower() in (".parquet", ".pq"):
+        table = read_scores(path)
+        lines.append(f"score table {path}: {len(table)} rows, {len(table.colnames)} columns")
+        provenance = {k: (v, "") for k, v in table.meta.items()}
+    else:
+        table = read_catalog(path)
+        lines.append(f"candidate catalogue {path}: {len(table)} candidates, {len(table.colnames)} columns")
+        provenance = table.meta
+    for name in table.colnames:
+        col = table[name]
+        unit = f"[{col.unit}]" if getattr(col, "unit", None) else ""
+        lines.append(f"  {name:16s} {str(col.dtype):10s} {unit:8s} {col.info.description or ''}")
+    if provenance:
+        lines.append("provenance:")
+        lines += [f"  {k:10s} = {v!s:40s} {c}" for k, (v, c) in provenance.items()]
+    return "\n".join(lines)

@@ -1,0 +1,336 @@
+"""The survey store: tiled multiband cutouts in zarr v3 (layout in docs/store-format.md).
+
+A store holds tiles; each tile holds N cutouts: VIS (N, 200, 200) and NISP
+(N, 3, 66, 66, bands Y, J, H) in float32 physical units, object IDs, RA/Dec,
+per-cutout flags and optional truth columns.  Images are sharded along N in
+``chunk_size`` cutouts (one engine task) with 32-cutout inner chunks (fast
+random access).
+
+Appends are crash-safe: data are written first, and the tile's committed
+length (``n_cutouts``) is updated only afterwards, so a crash leaves the store
+readable at its last committed length; :func:`lensengine.catalogs.validate.validate_store`
+reports the chunks of an unfinished write.  One writer per tile at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lensengine.catalogs import _zarr_layout as layout
+from lensengine.catalogs._zarr_layout import FORMAT_NAME, FORMAT_VERSION
+from lensengine.engine.specs import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
+
+__all__ = ["FORMAT_VERSION", "CutoutBatch", "SurveyStore", "ChunkReadError"]
+
+log = logging.getLogger(__name__)
+
+
+class ChunkReadError(Exception):
+    """A chunk of a tile could not be read or decoded (missing or corrupt file)."""
+
+    def __init__(self, tile: str, index: int, reason: str):
+        super().__init__(f"tile {tile!r} chunk {index}: {reason}")
+        self.tile = tile
+        self.index = index
+        self.reason = reason
+
+
+@dataclass
+class CutoutBatch:
+    """A batch of cutouts in physical units (never pre-normalised)."""
+
+    object_id: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    vis: np.ndarray | None
+    nisp: np.ndarray | None
+    flags: np.ndarray
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
+    #: bands the source holds; None means all bands whose array is present
+    held: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.object_id)
+
+    def bands(self) -> dict[str, np.ndarray | None]:
+        """``{"VIS": (n,200,200), "Y": (n,66,66), "J": ..., "H": ...}``, None for absent bands.
+
+        The dict feeds :class:`lensengine.engine.preprocess.Preprocessor` directly.
+        """
+        held = self.held if self.held is not None else BANDS
+        out: dict[str, np.ndarray | None] = {
+            "VIS": self.vis if (self.vis is not None and "VIS" in held) else None}
+        for i, band in enumerate(NISP_BANDS):
+            out[band] = self.nisp[:, i] if (self.nisp is not None and band in held) else None
+        return out
+
+    @classmethod
+    def concatenate(cls, batches: list["CutoutBatch"]) -> "CutoutBatch":
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+
+        def cat(name):
+            parts = [getattr(b, name) for b in batches]
+            return None if parts[0] is None else np.concatenate(parts)
+
+        return cls(object_id=cat("object_id"), ra=cat("ra"), dec=cat("dec"), vis=cat("vis"), nisp=cat("nisp"),
+                   flags=cat("flags"), truth={k: np.concatenate([b.truth[k] for b in batches]) for k in first.truth},
+                   held=first.held)
+
+
+class SurveyStore:
+    """A survey store on local disk (see the module docstring)."""
+
+    def __init__(self, path: Path, group, mode: str):
+        self.path = Path(path)
+        self._group = group
+        self.mode = mode
+        self.attrs: dict = dict(group.attrs)
+        self.bands: tuple[str, ...] = tuple(self.attrs["bands"])
+        self.truth_columns: dict[str, str] = dict(self.attrs.get("truth_columns") or {})
+        self.chunk_size: int = int(self.attrs["chunk_size"])
+        self.codec: str = self.attrs["codec"]
+        self._keepbits = layout.parse_codec(self.codec)[1]
+
+    # --- creation and opening -------------------------------------------------
+
+    @classmethod
+    def create(cls, path, *, survey: str, bands=BANDS, chunk_size: int = 1024, codec: str = "lossless",
+               truth_columns: dict[str, str] | None = None, provenance: dict | None = None,
+               overwrite: bool = False) -> "SurveyStore":
+        """Create an empty store at ``path`` (a directory, conventionally ``*.zarr``)."""
+        import zarr
+
+        from lensengine import __version__
+
+        path = Path(path)
+        bands = tuple(bands)
+        unknown = [b for b in bands if b not in BANDS]
+        if unknown or not bands or len(set(bands)) != len(bands):
+            raise ValueError(f"bands {bands} must be distinct names from {BANDS}")
+        bands = tuple(b for b in BANDS if b in bands)
+        layout.parse_codec(codec)
+        inner = min(layout.INNER_CHUNK, chunk_size)
+        if chunk_size < 1 or chunk_size % inner:
+            raise ValueError(f"chunk_size {chunk_size} must be a positive multiple of {layout.INNER_CHUNK} "
+                             f"(or smaller than it)")
+        truth = {name: layout.normalise_truth_dtype(name, dt) for name, dt in (truth_columns or {}).items()}
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f"{path} already exists (use overwrite=True to replace it)")
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        attrs = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "survey": survey,
+            "bands": list(bands),
+            "nisp_order": list(NISP_BANDS),
+            "pixel_scales": {b: PIXEL_SCALE[b] for b in bands},
+            "stamps": {b: NATIVE_STAMP[b] for b in bands},
+            "units": "physical (as ingested; never pre-normalised)",
+            "chunk_size": chunk_size,
+            "inner_chunk": inner,
+            "codec": codec,
+            "truth_columns": truth,
+            "provenance": dict(provenance or {}),
+            "software": f"lensengine {__version__}",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group.create_group("tiles")
+        group.attrs.update(attrs)
+        return cls(path, group, "a")
+
+    @classmethod
+    def open(cls, path, mode: str = "r") -> "SurveyStore":
+        """Open an existing store read-only (``"r"``) or for appending (``"a"``)."""
+        import zarr
+
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            found = "nothing" if not path.exists() else ("a file" if path.is_file() else "a directory without zarr.json")
+            raise ValueError(f"{path} is not a lensengine survey store: found {found}")
+        try:
+            group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            raise ValueError(f"{path} is not a lensengine survey store: {exc}") from exc
+        fmt = group.attrs.get("format")
+        version = group.attrs.get("format_version")
+        if fmt != FORMAT_NAME:
+            raise ValueError(f"{path} is not a lensengine survey store: format attribute is {fmt!r}, "
+                             f"expected {FORMAT_NAME!r}")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path} has store format version {version!r}; this lensengine reads "
+                             f"version {FORMAT_VERSION}")
+        return cls(path, group, mode)
+
+    # --- tiles ------------------------------------------------------------------
+
+    @property
+    def tiles(self) -> list[str]:
+        return sorted(name for name, _ in self._group["tiles"].groups())
+
+    def _tile(self, tile: str):
+        try:
+            return self._group["tiles"][tile]
+        except KeyError:
+            raise KeyError(f"tile {tile!r} not in store {self.path} (tiles: {', '.join(self.tiles) or 'none'})") \
+                from None
+
+    @property
+    def has_vis(self) -> bool:
+        return "VIS" in self.bands
+
+    @property
+    def has_nisp(self) -> bool:
+        return any(b in self.bands for b in NISP_BANDS)
+
+    def n_cutouts(self, tile: str) -> int:
+        """Committed cutouts of a tile (data beyond this length belong to an unfinished write)."""
+        return int(self._tile(tile).attrs.get("n_cutouts", 0))
+
+    def total_cutouts(self) -> int:
+        return sum(self.n_cutouts(t) for t in self.tiles)
+
+    def chunk_slices(self, tile: str) -> list[tuple[int, int]]:
+        """Chunk-aligned ``[start, stop)`` ranges covering the committed cutouts of a tile."""
+        n = self.n_cutouts(tile)
+        return [(s, min(s + self.chunk_size, n)) for s in range(0, n, self.chunk_size)]
+
+    # --- reading ----------------------------------------------------------------
+
+    def _arrays(self) -> list[str]:
+        return layout.array_names(self.has_vis, self.has_nisp, self.truth_columns)
+
+    def read_chunk(self, tile: str, index: int) -> CutoutBatch:
+        """Read chunk ``index`` of a tile; raises :class:`ChunkReadError` if it is missing or corrupt."""
+        slices = self.chunk_slices(tile)
+        if not 0 <= index < len(slices):
+            raise IndexError(f"tile {tile!r} has {len(slices)} committed chunks; chunk {index} does not exist")
+        start, stop = slices[index]
+        return self._read_piece(tile, index, start, stop)
+
+    def read(self, tile: str, start: int, stop: int) -> CutoutBatch:
+        """Read committed cutouts ``[start, stop)`` of a tile (any range)."""
+        n = self.n_cutouts(tile)
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"range [{start}, {stop}) outside the {n} committed cutouts of tile {tile!r}")
+        cs = self.chunk_size
+        if start == stop:
+            return self._read_piece(tile, start // cs, start, stop)
+        edges = [start, *range((start // cs + 1) * cs, stop, cs), stop]
+        pieces = [self._read_piece(tile, a // cs, a, b) for a, b in zip(edges[:-1], edges[1:])]
+        return CutoutBatch.concatenate(pieces)
+
+    def _read_piece(self, tile: str, index: int, start: int, stop: int) -> CutoutBatch:
+        group = self._tile(tile)
+        for name in self._arrays():
+            ndim = 1 + len(layout.IMAGE_SHAPES.get(name, ()))
+            if stop > start and not layout.chunk_file(self.path, tile, name, index, ndim).is_file():
+                raise ChunkReadError(tile, index, f"array {name!r}: chunk file missing")
+        data = {}
+        for name in self._arrays():
+            try:
+                data[name] = group[name][start:stop]
+            except Exception as exc:  # noqa: BLE001 - any decoding failure of one chunk must not stop a run
+                raise ChunkReadError(tile, index, f"array {name!r}: {type(exc).__name__}: {exc}") from exc
+        truth = {}
+        for name, dtype in self.truth_columns.items():
+            col = data[f"truth/{name}"]
+            truth[name] = np.asarray(col.tolist(), dtype=str) if dtype == "str" else col
+        return CutoutBatch(object_id=data["object_id"], ra=data["ra"], dec=data["dec"], vis=data.get("vis"),
+                           nisp=data.get("nisp"), flags=data["flags"], truth=truth, held=self.bands)
+
+    def read_index(self, tile: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Only ``object_id``, ``ra``, ``dec`` and ``flags`` of ``[start, stop)``: the rows of a chunk
+        whose images cannot be read are still named (used by the engine to account for every cutout)."""
+        group = self._tile(tile)
+        return {name: group[name][start:stop] for name in layout.SCALAR_COLUMNS}
+
+    def iter_chunks(self, tile: str):
+        """Yield ``(index, CutoutBatch)`` for every committed chunk of a tile."""
+        for i in range(len(self.chunk_slices(tile))):
+            yield i, self.read_chunk(tile, i)
+
+    def to_dask(self, tile: str) -> dict:
+        """Chunk-aligned dask arrays of the committed cutouts: ``vis``, ``nisp``, ``object_id`` ... ``truth/<name>``."""
+        import dask.array as da
+
+        group = self._tile(tile)
+        n = self.n_cutouts(tile)
+        out = {}
+        for name in self._arrays():
+            arr = group[name]
+            chunks = (self.chunk_size, *arr.shape[1:])
+            out[name] = da.from_array(arr, chunks=chunks, lock=False, asarray=True, name=False)[:n] \
+                if arr.shape[0] else da.zeros((0, *arr.shape[1:]), dtype=arr.dtype, chunks=chunks)
+        return out
+
+    # --- writing ----------------------------------------------------------------
+
+    def append(self, tile: str, batch: CutoutBatch) -> None:
+        """Append a batch to a tile (created if needed); crash-safe (see the module docstring)."""
+        if self.mode == "r":
+            raise ValueError(f"store {self.path} is open read-only; open it with mode='a' to append")
+        layout.check_tile_name(tile)
+        data = self._check_batch(batch)
+        tiles = self._group["tiles"]
+        if tile not in self.tiles:
+            group = tiles.create_group(tile)
+            layout.create_tile_arrays(group, self.chunk_size, self.has_vis, self.has_nisp, self.truth_columns)
+            group.attrs.update({"n_cutouts": 0, "pending": None})
+        group = tiles[tile]
+        n0 = int(group.attrs.get("n_cutouts", 0))
+        k = len(batch)
+        if k == 0:
+            return
+        group.attrs["pending"] = [n0, n0 + k]
+        for name, values in data.items():
+            arr = layout.open_for_write(group, name)
+            arr.resize((n0 + k, *arr.shape[1:]))
+            arr[n0:n0 + k] = values
+        group.attrs.update({"n_cutouts": n0 + k, "pending": None})
+
+    def _check_batch(self, batch: CutoutBatch) -> dict[str, np.ndarray]:
+        k = len(batch)
+        data: dict[str, np.ndarray] = {}
+        for name, dtype in layout.SCALAR_COLUMNS.items():
+            values = np.asarray(getattr(batch, name))
+            if values.shape != (k,):
+                raise ValueError(f"batch column {name!r} has shape {values.shape}, expected ({k},)")
+            data[name] = values.astype(dtype, copy=False)
+        for name, held in (("vis", self.has_vis), ("nisp", self.has_nisp)):
+            values = getattr(batch, name)
+            if not held:
+                continue
+            expected = (k, *layout.IMAGE_SHAPES[name])
+            if values is None or np.shape(values) != expected:
+                got = None if values is None else np.shape(values)
+                raise ValueError(f"batch {name} has shape {got}, expected {expected} (store bands {self.bands})")
+            values = np.asarray(values, dtype=np.float32)
+            data[name] = layout.bitround(values, self._keepbits) if self._keepbits else values
+        missing = set(self.truth_columns) - set(batch.truth)
+        if missing:
+            raise ValueError(f"batch lacks truth columns {sorted(missing)} that store {self.path} holds")
+        for name, dtype in self.truth_columns.items():
+            values = np.asarray(batch.truth[name])
+            if values.shape != (k,):
+                raise ValueError(f"truth column {name!r} has shape {values.shape}, expected ({k},)")
+            data[f"truth/{name}"] = values.astype(str) if dtype == "str" else values.astype(dtype, copy=False)
+        return data
+
+    def __repr__(self) -> str:
+        return (f"SurveyStore({str(self.path)!r}, survey={self.attrs.get('survey')!r}, bands={self.bands}, "
+                f"tiles={len(self.tiles)}, cutouts={self.total_cutouts()})")

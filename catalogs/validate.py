@@ -1,0 +1,172 @@
+"""Checking and describing a survey store (``lensengine store validate`` / ``store info``).
+
+:func:`validate_store` reads every committed chunk once and reports each
+problem with its tile, chunk and, where one cutout is at fault, its object ID:
+wrong shapes, dtypes or chunking, missing or corrupt chunk files, data beyond
+the committed length (an unfinished write), NaN/inf pixels and constant bands.
+A band that is entirely NaN in a cutout flagged ``MISSING_BAND`` is expected
+(the contract for a band missing in one cutout) and not reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lensengine.catalogs import _zarr_layout as layout
+from lensengine.catalogs.flags import Flag
+from lensengine.catalogs.store import ChunkReadError, SurveyStore
+from lensengine.engine.specs import NISP_BANDS
+
+__all__ = ["Problem", "validate_store", "store_info"]
+
+
+@dataclass
+class Problem:
+    """One finding of :func:`validate_store`."""
+
+    tile: str | None
+    chunk: int | None
+    object_id: int | None
+    kind: str  # layout, missing-chunk, corrupt-chunk, incomplete-write, nonfinite, constant
+    message: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.tile is not None:
+            where.append(f"tile {self.tile}")
+        if self.chunk is not None:
+            where.append(f"chunk {self.chunk}")
+        if self.object_id is not None:
+            where.append(f"object {self.object_id}")
+        return f"{' '.join(where) or 'store'}: [{self.kind}] {self.message}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _expected_arrays(store: SurveyStore) -> dict[str, tuple[tuple[int, ...], str]]:
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    if store.has_vis:
+        out["vis"] = (layout.IMAGE_SHAPES["vis"], "float32")
+    if store.has_nisp:
+        out["nisp"] = (layout.IMAGE_SHAPES["nisp"], "float32")
+    for name, dtype in layout.SCALAR_COLUMNS.items():
+        out[name] = ((), dtype)
+    for name, dtype in store.truth_columns.items():
+        out[f"truth/{name}"] = ((), dtype)
+    return out
+
+
+def _check_layout(store: SurveyStore, tile: str, problems: list[Problem]) -> bool:
+    group = store._tile(tile)
+    n = store.n_cutouts(tile)
+    ok = True
+    lengths = {}
+    for name, (shape, dtype) in _expected_arrays(store).items():
+        try:
+            arr = group[name]
+        except KeyError:
+            problems.append(Problem(tile, None, None, "layout", f"array {name!r} is missing"))
+            ok = False
+            continue
+        if tuple(arr.shape[1:]) != shape:
+            problems.append(Problem(tile, None, None, "layout",
+                                    f"array {name!r} has cutout shape {arr.shape[1:]}, expected {shape}"))
+            ok = False
+        if dtype != "str" and np.dtype(arr.dtype) != np.dtype(dtype):
+            problems.append(Problem(tile, None, None, "layout", f"array {name!r} has dtype {arr.dtype}, expected {dtype}"))
+            ok = False
+        outer = arr.shards or arr.chunks
+        if outer[0] != store.chunk_size:
+            problems.append(Problem(tile, None, None, "layout",
+                                    f"array {name!r} is chunked by {outer[0]} along N, store says {store.chunk_size}"))
+            ok = False
+        lengths[name] = arr.shape[0]
+    pending = group.attrs.get("pending")
+    beyond = {name: length for name, length in lengths.items() if length > n}
+    if beyond or pending:
+        stop = max([n, *beyond.values()] + ([pending[1]] if pending else []))
+        first, last = n // store.chunk_size, (stop - 1) // store.chunk_size
+        problems.append(Problem(tile, first, None, "incomplete-write",
+                                f"an unfinished append: data beyond the committed length {n} "
+                                f"(up to {stop}) in chunks {first}..{last}; the next append overwrites them"))
+    short = {name: length for name, length in lengths.items() if length < n}
+    for name, length in short.items():
+        problems.append(Problem(tile, None, None, "layout",
+                                f"array {name!r} has {length} cutouts, fewer than the committed {n}"))
+        ok = False
+    return ok
+
+
+def _check_cutouts(tile: str, index: int, batch, problems: list[Problem]) -> None:
+    missing = (batch.flags & np.uint32(Flag.MISSING_BAND)) != 0
+    for band, images in batch.bands().items():
+        if images is None:
+            continue
+        finite = np.isfinite(images).all(axis=(-2, -1))
+        all_nan = np.isnan(images).all(axis=(-2, -1))
+        for i in np.flatnonzero(~finite & ~(all_nan & missing)):
+            bad = int((~np.isfinite(images[i])).sum())
+            problems.append(Problem(tile, index, int(batch.object_id[i]), "nonfinite",
+                                    f"{band}: {bad} NaN/inf pixels"))
+        with np.errstate(invalid="ignore"):
+            span = np.where(finite, images.max(axis=(-2, -1)) - images.min(axis=(-2, -1)), 1)
+        for i in np.flatnonzero(finite & (span <= 0)):
+            problems.append(Problem(tile, index, int(batch.object_id[i]), "constant",
+                                    f"{band}: constant image (value {float(images[i].flat[0]):g})"))
+
+
+def validate_store(path, *, check_pixels: bool = True, progress=None) -> list[Problem]:
+    """Check a store; return the problems found (empty list: valid).
+
+    Raises ValueError when ``path`` is not a store of this format version.
+    ``progress`` is an optional callable ``(tile, chunk, n_chunks)``.
+    """
+    store = SurveyStore.open(path)
+    problems: list[Problem] = []
+    if store.chunk_size < 1:
+        problems.append(Problem(None, None, None, "layout", f"chunk_size {store.chunk_size} is not positive"))
+    for tile in store.tiles:
+        if not _check_layout(store, tile, problems):
+            continue
+        slices = store.chunk_slices(tile)
+        group = store._tile(tile)
+        for index in range(len(slices)):
+            if progress is not None:
+                progress(tile, index, len(slices))
+            try:
+                batch = store.read_chunk(tile, index)
+            except ChunkReadError as exc:
+                start, stop = slices[index]
+                ids = _object_ids(group, start, stop)
+                kind = "missing-chunk" if "missing" in exc.reason else "corrupt-chunk"
+                problems.append(Problem(tile, index, None, kind, f"{exc.reason} (cutouts {start}..{stop - 1}{ids})"))
+                continue
+            if check_pixels:
+                _check_cutouts(tile, index, batch, problems)
+    return problems
+
+
+def _object_ids(group, start: int, stop: int) -> str:
+    try:
+        ids = group["object_id"][start:stop]
+    except Exception:  # noqa: BLE001 - the object_id chunk itself may be the corrupt one
+        return ""
+    return f", object ids {int(ids[0])}..{int(ids[-1])}" if len(ids) else ""
+
+
+def store_info(path) -> dict:
+    """A JSON-able summary of a store: metadata, tiles and their lengths, chunking, on-disk size."""
+    store = SurveyStore.open(path)
+    tiles = {}
+    for tile in store.tiles:
+        group = store._tile(tile)
+        tiles[tile] = {"n_cutouts": store.n_cutouts(tile), "n_chunks": len(store.chunk_slices(tile)),
+                       "pending": group.attrs.get("pending")}
+    size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    attrs = dict(store.attrs)
+    return {"path": str(store.path), **attrs, "nisp_order": list(NISP_BANDS), "tiles": tiles,
+            "total_cutouts": sum(t["n_cutouts"] for t in tiles.values()), "bytes_on_disk": size}

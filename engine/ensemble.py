@@ -1,0 +1,87 @@
+"""The ensemble score that ranks candidates.
+
+OU-T-SNE (SPEC §7, :mod:`lensengine.engine.ou_tsne`) combines the seven CNNs
+when a fitted model is available (``ou_tsne.npz`` next to the ONNX models, or
+``--ensemble PATH``) and the run scores all seven.  Otherwise the documented
+stand-in is the mean P(lens) of the models that could score the cutout: it is
+what the paper compares OU-T-SNE against, needs no fitting, and degrades
+gracefully when a band is bad for some models.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from lensengine.catalogs.flags import Flag
+from lensengine.engine.specs import MODEL_NAMES
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MeanEnsemble", "TSNEEnsemble", "load_ensemble", "ENSEMBLE_FILE"]
+
+ENSEMBLE_FILE = "ou_tsne.npz"
+
+
+class MeanEnsemble:
+    """Mean P(lens) over the models that scored a cutout (NaN where none could)."""
+
+    name = "mean"
+    columns: tuple[str, ...] = ()
+
+    def score(self, probs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        valid = np.isfinite(probs)
+        count = valid.sum(axis=1)
+        total = np.where(valid, probs, 0.0).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        flags = np.where((count > 0) & (count < probs.shape[1]), np.uint32(Flag.PARTIAL_SCORES), np.uint32(0))
+        return mean.astype(np.float32), {}, flags.astype(np.uint32)
+
+
+class TSNEEnsemble:
+    """OU-T-SNE on the seven P(lens); the mean stand-in where a model could not score."""
+
+    name = "OU-T-SNE"
+    columns = ("TSNE_X", "TSNE_Y", "TSNE_CELL", "P_OU_TSNE")
+
+    def __init__(self, path: str | Path):
+        from lensengine.engine.ou_tsne import OUTSNE
+
+        self.path = Path(path)
+        self.model = OUTSNE.load(self.path)
+        self._mean = MeanEnsemble()
+
+    def score(self, probs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        n = len(probs)
+        score, _, flags = self._mean.score(probs)
+        complete = np.isfinite(probs).all(axis=1)
+        x = np.full(n, np.nan, np.float32)
+        y = np.full(n, np.nan, np.float32)
+        cell = np.full(n, -1, np.int32)
+        tsne = np.full(n, np.nan, np.float32)
+        if complete.any():
+            out = self.model.score_batch(probs[complete])
+            x[complete], y[complete] = out["x"], out["y"]
+            cell[complete] = out["cell"]
+            tsne[complete] = out["p_lens"]
+            outside = np.zeros(n, bool)
+            outside[complete] = out["outside"]
+            flags = flags | np.where(outside, np.uint32(Flag.OUTSIDE_TSNE_GRID), np.uint32(0))
+            score = np.where(complete, tsne, score).astype(np.float32)
+        return score, {"TSNE_X": x, "TSNE_Y": y, "TSNE_CELL": cell, "P_OU_TSNE": tsne}, flags
+
+
+def load_ensemble(model_names: list[str], models_dir: Path | None, path: str | Path | None = None):
+    """OU-T-SNE when a fitted model is given or found beside the models and all seven run; else the mean."""
+    if path is None and models_dir is not None and (Path(models_dir) / ENSEMBLE_FILE).is_file():
+        path = Path(models_dir) / ENSEMBLE_FILE
+    if path is None:
+        return MeanEnsemble()
+    if tuple(model_names) != MODEL_NAMES:
+        log.warning("OU-T-SNE needs the seven models %s in order; this run has %s: using the mean",
+                    list(MODEL_NAMES), model_names)
+        return MeanEnsemble()
+    return TSNEEnsemble(path)

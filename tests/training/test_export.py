@@ -1,0 +1,100 @@
+"""ONNX export: equality with torch from raw bands through preprocessing, metadata, contracts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+
+from lensengine.engine.models import ContractError, check_bands_available, load_entry  # noqa: E402
+from lensengine.engine.preprocess import Preprocessor  # noqa: E402
+from lensengine.engine.specs import MODEL_NAMES, MODEL_SPECS  # noqa: E402
+from lensengine.training.export import export_onnx, load_published, load_torch_model, weights_sha256  # noqa: E402
+from lensengine.training.networks import build_model, p_lens  # noqa: E402
+
+
+def _raw_bands(rng, n):
+    """Raw survey-like bands: positive sky + sources, physical scale, different per band."""
+    out = {}
+    for band, size, scale in (("VIS", 200, 3.0), ("Y", 66, 40.0), ("J", 66, 55.0), ("H", 66, 60.0)):
+        img = rng.gamma(2.0, scale, size=(n, size, size)).astype(np.float32)
+        c = size // 2
+        img[:, c - 3 : c + 3, c - 3 : c + 3] += 50 * scale
+        out[band] = img
+    return out
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_onnx_equals_torch_from_raw_bands(name, published_onnx_dir, published_weights_dir, rng):
+    spec = MODEL_SPECS[name]
+    entry = load_entry(published_onnx_dir / f"{spec.file_stem}.onnx")
+    sess = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
+    net = load_published(published_weights_dir, name)
+    for n in (1, 37):
+        x = Preprocessor([spec])(_raw_bands(rng, n)).inputs[name]
+        got = sess.run(["p_lens"], {"cutout": x})[0]
+        with torch.no_grad():
+            want = p_lens(net(torch.from_numpy(x))).numpy()
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_metadata_describes_the_model(published_onnx_dir, published_weights_dir):
+    entry = load_entry(published_onnx_dir / "OU_200.onnx")
+    assert entry.name == "OU-200" and entry.bands == ("J", "Y", "H", "VIS") and entry.stamp == 200
+    meta = entry.metadata
+    assert meta["architecture"] == "OU-200" and meta["pixel_scale"] == "0.1"
+    assert "min-max" in meta["normalisation"] and meta["source"].startswith("published")
+    assert meta["sha256"] == weights_sha256(load_published(published_weights_dir, "OU-200"))
+    # the torch weights are kept next to the ONNX file and reload to the same hash
+    assert weights_sha256(load_torch_model(entry.path)) == meta["sha256"]
+
+
+def test_export_of_our_own_network_records_config_and_metrics(tmp_path):
+    torch.manual_seed(3)
+    net = build_model("OU-JYH")
+    path = export_onnx(net, MODEL_SPECS["OU-JYH"], tmp_path / "m.onnx", source="trained here",
+                       training_config={"epochs": 2, "lr": 3e-4}, metrics={"auroc": 0.5})
+    entry = load_entry(path)
+    assert json.loads(entry.metadata["training_config"]) == {"epochs": 2, "lr": 3e-4}
+    assert json.loads(entry.metadata["metrics"]) == {"auroc": 0.5}
+    with pytest.raises(ValueError, match="expects OU-66 with bands"):
+        export_onnx(net, MODEL_SPECS["OU-66"], tmp_path / "x.onnx", source="trained here")
+
+
+def test_contract_mismatch_names_both_sides(published_onnx_dir):
+    entry = load_entry(published_onnx_dir / "OU_66.onnx")
+    with pytest.raises(ContractError, match=r"reads bands \['J', 'Y', 'H', 'VIS'\].*store s\.zarr provides \['VIS'\].*missing"):
+        check_bands_available(entry, ("VIS",), "store s.zarr")
+
+
+def test_a_non_lensengine_onnx_is_refused(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ContractError, match="expected one input 'cutout'"):
+        load_entry(path)
+
+
+def test_cli_import_published(tmp_path, published_weights_dir):
+    from lensengine.engine.cli import cli
+
+    out = tmp_path / "pub"
+    result = CliRunner().invoke(cli, ["models", "import-published", str(published_weights_dir), "--out", str(out),
+                                      "--model", "OU-J", "--model", "OU-VIS"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["OU_J.onnx", "OU_VIS.onnx"]
+    listing = CliRunner().invoke(cli, ["models", "list", "--models", str(out), "--json"])
+    assert listing.exit_code == 0, listing.output
+    assert [m["name"] for m in json.loads(listing.output)] == ["OU-J", "OU-VIS"]

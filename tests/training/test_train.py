@@ -1,0 +1,201 @@
+"""Training: loss goes down, checkpoints resume exactly, export scores like torch."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from lensengine.catalogs.flags import Flag  # noqa: E402
+from lensengine.catalogs.store import CutoutBatch, SurveyStore  # noqa: E402
+from lensengine.engine.specs import get_spec  # noqa: E402
+
+TRUTH = {"label": "int8", "theta_e": "float32", "arc_snr": "float32", "source_colour": "str", "kind": "str"}
+
+
+def _grid(n):
+    c = (np.arange(n) - (n - 1) / 2) / n * 20.0  # arcsec over the 20" field
+    return np.meshgrid(c, c, indexing="ij")
+
+
+def toy_batch(n: int, seed: int, start: int = 0) -> CutoutBatch:
+    """Lenses: a blob plus a ring of radius theta_e; non-lenses: the blob alone (+ noise)."""
+    rng = np.random.default_rng(seed)
+    label = (rng.random(n) < 0.6).astype(np.int8)
+    theta = np.where(label == 1, rng.uniform(0.8, 2.5, n), np.nan).astype(np.float32)
+    vis = np.empty((n, 200, 200), np.float32)
+    nisp = np.empty((n, 3, 66, 66), np.float32)
+    for size, out in ((200, "vis"), (66, "nisp")):
+        yy, xx = _grid(size)
+        r = np.hypot(yy, xx)
+        for i in range(n):
+            img = np.exp(-0.5 * (r / rng.uniform(0.3, 0.6)) ** 2)
+            if label[i]:
+                img = img + 0.6 * np.exp(-0.5 * ((r - theta[i]) / 0.2) ** 2)
+            noise = rng.normal(0, 0.03, (3, size, size) if out == "nisp" else (size, size))
+            if out == "vis":
+                vis[i] = img + noise
+            else:
+                nisp[i] = img[None] * np.array([0.8, 1.0, 1.2])[:, None, None] + noise
+    ids = np.arange(start, start + n, dtype=np.int64)
+    truth = {"label": label, "theta_e": theta, "arc_snr": rng.uniform(1, 60, n).astype(np.float32),
+             "source_colour": np.where(rng.random(n) < 0.5, "blue", "red"),
+             "kind": np.where(label == 1, "single", "nonlens")}
+    return CutoutBatch(object_id=ids, ra=np.full(n, 150.0), dec=np.full(n, 2.0), vis=vis, nisp=nisp,
+                       flags=np.zeros(n, np.uint32), truth=truth)
+
+
+def make_store(path, n: int = 96, seed: int = 1, chunk: int = 32, bad: int = 0):
+    store = SurveyStore.create(path, survey="toy", chunk_size=chunk, truth_columns=TRUTH)
+    for k, start in enumerate(range(0, n, chunk)):
+        batch = toy_batch(min(chunk, n - start), seed + k, start)
+        if bad and k == 0:
+            batch.vis[:bad] = np.nan                            # found by the Preprocessor
+            batch.flags[bad:2 * bad] = np.uint32(Flag.INCOMPLETE_WRITE)  # store flag
+        store.append("T0", batch)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("toy") / "train.zarr")
+
+
+def _cfg(**kw):
+    from lensengine.training.train import TrainConfig
+
+    base = dict(model="OU-JYH", epochs=3, batch_size=16, lr=1e-3, precision="fp32", val_fraction=0.25, seed=7,
+                prefetch=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    from lensengine.training.train import train
+
+    out = tmp_path_factory.mktemp("run") / "OU-JYH"
+    return train(_cfg(epochs=4), store, out, progress=False)
+
+
+def test_training_reduces_loss_and_logs(trained):
+    with open(trained.out_dir / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    for r in rows:
+        assert 0 <= float(r["data_wait_frac"]) <= 1 and float(r["img_per_s"]) > 0
+        assert math.isfinite(float(r["val_loss"])) and 0 <= float(r["val_acc"]) <= 1
+    assert trained.stop_reason == "epochs" and trained.epochs_run == 4
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert trained.best_epoch == int(best["epoch"])
+    assert (trained.out_dir / "last.pt").is_file() and (trained.out_dir / "best.pt").is_file()
+
+
+def test_checkpoint_carries_config_and_export_matches_torch(trained, store):
+    import onnxruntime as ort
+
+    from lensengine.engine.models import load_entry
+    from lensengine.engine.preprocess import Preprocessor
+    from lensengine.training.checkpoint import load_checkpoint
+    from lensengine.training.networks import PLensModel, build_model
+
+    ck = load_checkpoint(trained.best_checkpoint)
+    assert ck["config"]["model"] == "OU-JYH" and ck["config"]["batch_size"] == 16 and ck["epoch"] == trained.best_epoch
+    entry = load_entry(trained.onnx)
+    assert entry.name == "OU-JYH" and entry.source == "trained here"
+    assert '"lr": 0.001' in entry.metadata["training_config"]
+    assert "best_val_loss" in entry.metadata["metrics"]
+
+    net = build_model("OU-JYH")
+    net.load_state_dict(ck["best_state"])
+    batch = SurveyStore.open(store).read_chunk("T0", 0)
+    x = Preprocessor([get_spec("OU-JYH")])(batch.bands()).inputs["OU-JYH"]
+    with torch.no_grad():
+        ref = PLensModel(net.eval())(torch.from_numpy(x)).numpy()
+    sess = ort.InferenceSession(str(trained.onnx), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"cutout": x})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_resume_is_exact(store, tmp_path):
+    from lensengine.training.checkpoint import load_checkpoint
+    from lensengine.training.train import train
+
+    cfg = _cfg(model="OU-J", epochs=3, augment=True)
+    full = train(cfg, store, tmp_path / "full", progress=False, export=False)
+    part = train(cfg, store, tmp_path / "part", progress=False, export=False, stop_after=1)
+    assert part.stop_reason == "interrupted" and part.epochs_run == 1
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, store, tmp_path / "part", progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(_cfg(model="OU-J", epochs=3, lr=1e-2, augment=True), store, tmp_path / "part", resume=True,
+              progress=False)
+    resumed = train(cfg, store, tmp_path / "part", progress=False, export=False, resume=True)
+    assert resumed.epochs_run == 3
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    for key in a["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+        assert torch.equal(a["best_state"][key], b["best_state"][key]), key
+    sa, sb = a["optimizer_state"]["state"], b["optimizer_state"]["state"]
+    for k in sa:
+        assert torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"])
+    assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
+    assert torch.equal(a["rng"]["shuffle"], b["rng"]["shuffle"])
+
+
+def test_data_loading_skips_and_caches(tmp_path):
+    from lensengine.training.data import BatchLoader, load_cutouts, split_indices
+
+    path = make_store(tmp_path / "bad.zarr", n=48, chunk=16, bad=3)
+    spec = get_spec("OU-66")
+    prepared, rep = load_cutouts(path, spec, cache="prepared")
+    raw, _ = load_cutouts(path, spec, cache="raw")
+    assert rep.n_read == 48 and rep.skipped_unusable == 3 and rep.skipped_flags == 3 and rep.n_used == 42
+    assert prepared.mode == "prepared" and raw.mode == "raw" and raw.nbytes < prepared.nbytes * 4
+    idx = np.array([5, 0, 41])
+    np.testing.assert_array_equal(prepared.batch(idx)[0], raw.batch(idx)[0])
+    np.testing.assert_array_equal(prepared.batch(idx)[1], raw.batch(idx)[1])
+    # VIS-only models do not care about the NaN... they read VIS: same skip; NISP models keep them
+    nisp_only, rep2 = load_cutouts(path, get_spec("OU-J"), limit=10)
+    assert rep2.skipped_unusable == 0 and len(nisp_only) == 10
+    tr, va = split_indices(42, 0.25, 3)
+    assert len(va) == 10 and len(set(tr) | set(va)) == 42 and np.array_equal(split_indices(42, 0.25, 3)[1], va)
+    loader = BatchLoader(raw, np.arange(len(raw)), 8)
+    sizes = [len(y) for _, y in loader]
+    assert sizes == [8, 8, 8, 8, 8, 2] and loader.wait_s >= 0
+
+
+def test_time_budget_stops_cleanly_and_bf16_step(store, tmp_path):
+    from lensengine.training.train import measure_throughput, resolve_precision, train
+
+    r = train(_cfg(model="OU-J", epochs=50, max_time_min=1e-6), store, tmp_path / "t", progress=False)
+    assert r.epochs_run == 1 and r.stop_reason.startswith("time budget") and r.onnx.is_file()
+    prec = resolve_precision("auto", torch.device("cpu"))
+    assert prec in ("bf16", "fp32")
+    assert measure_throughput("OU-J", "bf16", batch_size=4, steps=1, warmup=0) > 0
+
+
+def test_cli_train_and_export(store, tmp_path):
+    from click.testing import CliRunner
+
+    from lensengine.engine.cli import _register_plugin_commands, cli
+
+    _register_plugin_commands()
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    res = runner.invoke(cli, ["-q", "train", "--model", "OU-H", "--data", str(store), "--out", str(out),
+                              "--epochs", "1", "--batch-size", "32", "--precision", "fp32", "--max-train", "40",
+                              "--no-export"])
+    assert res.exit_code == 0, res.output
+    assert "OU-H: 1 epochs" in res.output
+    res = runner.invoke(cli, ["models", "export", str(out / "best.pt"), "--out", str(tmp_path / "x" / "OU_H.onnx")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "x" / "OU_H.onnx").is_file()
+    res = runner.invoke(cli, ["train", "--model", "OU-XX", "--data", str(store), "--out", str(out)])
+    assert res.exit_code == 2 and "unknown model" in res.output

@@ -1,0 +1,452 @@
+"""Train one of the seven networks on a survey store, the paper's way (SPEC §5).
+
+:func:`train` reads the training (and validation) store through
+:mod:`lensengine.training.data` (the engine's Preprocessor), trains with Adam
+and class-weighted cross-entropy on the two logits, keeps the weights of the
+lowest validation loss, writes a CSV log and a checkpoint after every epoch,
+and exports the best weights as ONNX at the end.  A run is resumable exactly:
+the checkpoint carries the model, the optimiser, every random state and the
+best-so-far, and a resumed run reproduces an uninterrupted one bit for bit
+(CPU, same precision and thread count).
+
+Output directory (``--out runs/OU-66``)::
+
+    config.json   the resolved TrainConfig
+    last.pt       checkpoint after the latest epoch (resume from here)
+    best.pt       checkpoint of the lowest validation loss
+    log.csv       time, epoch, train/val loss and accuracy, data-wait fraction, img/s
+    OU_66.onnx    the exported best weights (+ OU_66.pt state_dict)
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lensengine.engine.specs import MODEL_NAMES, get_spec
+from lensengine.training.checkpoint import (capture_rng, export_checkpoint, load_checkpoint, restore_rng,
+                                           save_checkpoint)
+from lensengine.training.data import BatchLoader, CutoutSet, load_cutouts, split_indices
+from lensengine.training.networks import build_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "TrainResult", "FAMILY_BATCH", "train", "train_all", "resolve_device",
+           "resolve_precision", "cpu_has_bf16", "measure_throughput", "LOG_COLUMNS"]
+
+#: The paper's batch sizes per architecture family (published code: 500 for both).
+FAMILY_BATCH = {"OU-66": 250, "OU-200": 125}
+
+LOG_COLUMNS = ("time_utc", "elapsed_s", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+               "epoch_s", "train_s", "data_wait_frac", "img_per_s", "best")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; checkpoints carry it (as a dict)."""
+
+    model: str = "OU-66"               # registry name (SPEC §3)
+    epochs: int = 250                  # paper §3.2 (published code: 150)
+    batch_size: int | None = None      # None: 250 for the OU-66 family, 125 for OU-200 (code: 500)
+    lr: float = 3e-4                   # Adam learning rate (paper)
+    weight_decay: float = 0.0          # Adam weight decay (paper: none)
+    class_weights: bool = True         # CE weights: non-lens by the lens fraction, lens by the non-lens fraction
+    seed: int = 0                      # torch init/dropout, shuffle generator, validation split
+    shuffle: bool = True               # reshuffle the training set every epoch (seeded generator)
+    augment: bool = False              # random flips/90-degree turns; OFF: the PSF's symmetry pitfall (SPEC §10)
+    val_fraction: float = 0.1          # split off the training store when no validation store is given
+    max_train: int | None = None       # use at most this many training cutouts (store order)
+    max_val: int | None = None         # use at most this many validation cutouts
+    early_stop: int | None = None      # stop after this many epochs without a lower validation loss
+    max_time_min: float | None = None  # stop before an epoch would end past this budget (per invocation)
+    precision: str = "auto"            # auto | fp32 | bf16 | fp16 (fp16: CUDA only, with a grad scaler)
+    val_precision: str = "fp32"        # validation in fp32 so the kept weights are judged as exported
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    channels_last: bool = True         # NHWC kernels: faster on CPU (oneDNN/AMX) and tensor cores
+    cache: str = "auto"                # data held as "prepared" inputs, "raw" bands, or auto by memory
+    max_memory_gb: float = 6.0         # budget for the prepared cache when cache="auto"
+    prefetch: int = 3                  # batches assembled ahead on a background thread
+    num_threads: int | None = None     # torch intra-op threads (None: torch default)
+    train_store: str = ""              # informational: where the data came from
+    val_store: str = ""
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the family's default batch size filled in and values checked."""
+        spec = get_spec(self.model)
+        bs = self.batch_size or FAMILY_BATCH[spec.family]
+        if bs < 1 or self.epochs < 1 or self.lr <= 0:
+            raise ValueError(f"batch size {bs}, epochs {self.epochs} and lr {self.lr} must be positive")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        return replace(self, batch_size=bs)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Fields a resumed run may change; the others must match the checkpoint.
+_RESUMABLE_CHANGES = {"epochs", "early_stop", "max_time_min", "num_threads", "prefetch", "device",
+                      "cache", "max_memory_gb", "train_store", "val_store"}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path
+    best_checkpoint: Path
+    onnx: Path | None
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    stop_reason: str
+    history: list
+
+
+# --- devices and precision ---------------------------------------------------------------------------
+
+def cpu_has_bf16() -> bool:
+    """True when /proc/cpuinfo lists AMX-BF16 or AVX512-BF16 (bf16 autocast is then fast on CPU)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 on CUDA (fp16 if the GPU lacks bf16) and on CPUs with AMX/AVX512-BF16, else fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast is offered on CUDA only; use bf16 or fp32 on the CPU")
+    return precision
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# --- one epoch -------------------------------------------------------------------------------------
+
+def _to_device(x: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and k*90 degree turn per batch (drawn from the shuffle generator)."""
+    k, flip = torch.randint(0, 4, (2,), generator=gen).tolist()
+    if flip % 2:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision, criterion, optimizer=None,
+               scaler=None, gen=None, progress=None, task=None) -> dict:
+    """Train (optimizer given) or evaluate over ``order``; returns loss, accuracy, timings."""
+    training = optimizer is not None
+    net.train(training)
+    loader = BatchLoader(data, order, cfg.batch_size, prefetch=cfg.prefetch)
+    loss_sum = weight_sum = 0.0
+    correct = n = 0
+    t0 = time.perf_counter()
+    with torch.set_grad_enabled(training):
+        for x_np, y_np in loader:
+            x = _to_device(x_np, device, cfg.channels_last)
+            y = torch.from_numpy(y_np).to(device)
+            if training and cfg.augment:
+                x = _augment(x, gen)
+            with _autocast(device, precision):
+                logits = net(x)
+            per = criterion(logits.float(), y)
+            w = criterion.weight[y] if criterion.weight is not None else torch.ones_like(per)
+            loss = per.sum() / w.sum()
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+            loss_sum += float(per.detach().sum())
+            weight_sum += float(w.sum())
+            correct += int((logits.detach().argmax(1) == y).sum())
+            n += len(y_np)
+            if progress is not None:
+                progress.update(task, advance=1, loss=loss_sum / max(weight_sum, 1e-12))
+    seconds = time.perf_counter() - t0
+    return {"loss": loss_sum / weight_sum if weight_sum else float("nan"),
+            "acc": correct / n if n else float("nan"), "seconds": seconds,
+            "wait_frac": loader.wait_s / seconds if seconds > 0 else 0.0,
+            "img_per_s": n / seconds if seconds > 0 else float("nan")}
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def _load_data(cfg: TrainConfig, data, val, spec) -> tuple[CutoutSet, CutoutSet, dict]:
+    if val is not None:
+        train_set, rep = load_cutouts(data, spec, limit=cfg.max_train, cache=cfg.cache,
+                                      max_memory_gb=cfg.max_memory_gb)
+        val_set, vrep = load_cutouts(val, spec, limit=cfg.max_val, cache=cfg.cache,
+                                     max_memory_gb=cfg.max_memory_gb / 4)
+        reports = {"train": rep.as_dict(), "val": vrep.as_dict()}
+    else:
+        limit = None
+        if cfg.max_train is not None:
+            limit = math.ceil(cfg.max_train / (1 - cfg.val_fraction)) + 1
+        full, rep = load_cutouts(data, spec, limit=limit, cache=cfg.cache, max_memory_gb=cfg.max_memory_gb)
+        tr, va = split_indices(len(full), cfg.val_fraction, cfg.seed)
+        if cfg.max_train is not None:
+            tr = tr[: cfg.max_train]
+        if cfg.max_val is not None:
+            va = va[: cfg.max_val]
+        train_set, val_set = full.subset(tr), full.subset(va)
+        reports = {"train": rep.as_dict(), "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed,
+                                                     "n_train": len(tr), "n_val": len(va)}}
+    for name, s in (("training", train_set), ("validation", val_set)):
+        if len(s) == 0:
+            raise ValueError(f"no usable labelled cutouts for {spec.name} in the {name} data")
+    f = train_set.lens_fraction
+    if not 0 < f < 1:
+        raise ValueError(f"the training data for {spec.name} hold only one class (lens fraction {f}); "
+                         "training needs lenses and non-lenses")
+    reports.update({"n_train": len(train_set), "n_val": len(val_set), "lens_fraction": f,
+                    "val_lens_fraction": val_set.lens_fraction, "cache": train_set.mode})
+    return train_set, val_set, reports
+
+
+# --- logging -------------------------------------------------------------------------------------
+
+def _write_log(path: Path, history: list) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow(row)
+    os.replace(tmp, path)
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), console=console,
+                    disable=not (enabled and console.is_terminal), transient=True)
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False, export: bool = True,
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train ``config.model`` on store ``data`` (validation: store ``val`` or a split); write into ``out_dir``.
+
+    ``resume`` continues from ``out_dir/last.pt``.  ``stop_after`` ends this invocation after that
+    many epochs (as an interruption would; used by tests and schedulers).
+    """
+    cfg = replace(config.resolved(), train_store=str(data), val_store=str(val or ""))
+    spec = get_spec(cfg.model)
+    out = Path(out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    ckpt = None
+    if resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path)
+        old = TrainConfig.from_dict(ckpt["config"])
+        changed = {f.name for f in fields(TrainConfig)
+                   if getattr(old, f.name) != getattr(cfg, f.name)} - _RESUMABLE_CHANGES
+        if changed:
+            raise ValueError(f"cannot resume {last_path}: {sorted(changed)} differ from the checkpoint "
+                             f"({ {k: getattr(old, k) for k in sorted(changed)} } there, "
+                             f"{ {k: getattr(cfg, k) for k in sorted(changed)} } now)")
+    elif last_path.is_file():
+        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    val_precision = "fp32" if cfg.val_precision == "fp32" else precision
+
+    train_set, val_set, data_report = _load_data(cfg, data, val, spec)
+    f = data_report["lens_fraction"]
+    weights = torch.tensor([f, 1.0 - f] if cfg.class_weights else [1.0, 1.0], dtype=torch.float32, device=device)
+    criterion = nn.CrossEntropyLoss(weight=weights, reduction="none")
+
+    torch.manual_seed(cfg.seed)
+    net = build_model(spec).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    epoch, best_epoch, best_val, best_state, history, since_best = 0, 0, math.inf, None, [], 0
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        if scaler is not None and ckpt.get("scaler_state"):
+            scaler.load_state_dict(ckpt["scaler_state"])
+        restore_rng(ckpt["rng"], gen)
+        epoch, best_epoch, best_val = ckpt["epoch"], ckpt["best_epoch"], ckpt["best_val_loss"]
+        best_state, history = ckpt["best_state"], list(ckpt.get("history") or [])
+        since_best = epoch - best_epoch
+        log.info("%s: resuming from epoch %d (best %.5f at epoch %d)", spec.name, epoch, best_val, best_epoch)
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "precision_used": precision,
+                                                 "device_used": str(device), "data": data_report}, indent=2))
+    log.info("%s: %d training / %d validation cutouts (lens fraction %.3f), batch %d, %s on %s",
+             spec.name, len(train_set), len(val_set), f, cfg.batch_size, precision, device)
+
+    t_start = time.perf_counter()
+    run_t0 = (history[-1]["elapsed_s"] if history else 0.0)
+    stop_reason, epochs_this_call = "epochs", 0
+    val_order = np.arange(len(val_set))
+    with _progress(progress) as bar:
+        while epoch < cfg.epochs:
+            if cfg.early_stop is not None and since_best >= cfg.early_stop:
+                stop_reason = f"early stop: no lower validation loss for {cfg.early_stop} epochs"
+                break
+            if stop_after is not None and epochs_this_call >= stop_after:
+                stop_reason = "interrupted"
+                break
+            if cfg.max_time_min is not None and history:
+                used = time.perf_counter() - t_start
+                if used + float(history[-1]["epoch_s"]) > cfg.max_time_min * 60:
+                    stop_reason = f"time budget of {cfg.max_time_min} min"
+                    break
+            t_epoch = time.perf_counter()
+            order = (torch.randperm(len(train_set), generator=gen).numpy() if cfg.shuffle
+                     else np.arange(len(train_set)))
+            task = bar.add_task(f"{spec.name} epoch {epoch + 1}/{cfg.epochs}", total=len(order) // cfg.batch_size
+                                + bool(len(order) % cfg.batch_size), loss=float("nan"))
+            tr = _run_epoch(net, train_set, order, cfg, device, precision, criterion, optimizer, scaler, gen,
+                            bar, task)
+            bar.remove_task(task)
+            va = _run_epoch(net, val_set, val_order, cfg, device, val_precision, criterion)
+            epoch += 1
+            epochs_this_call += 1
+            improved = va["loss"] < best_val
+            if improved:
+                best_val, best_epoch, since_best = va["loss"], epoch, 0
+                best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
+            else:
+                since_best += 1
+            epoch_s = time.perf_counter() - t_epoch
+            row = {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "elapsed_s": round(run_t0 + time.perf_counter() - t_start, 2), "epoch": epoch,
+                   "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
+                   "lr": cfg.lr, "epoch_s": round(epoch_s, 3), "train_s": round(tr["seconds"], 3),
+                   "data_wait_frac": round(tr["wait_frac"], 4), "img_per_s": round(tr["img_per_s"], 1),
+                   "best": int(improved)}
+            history.append(row)
+            log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f%s | %.0f img/s, data wait %.1f%%",
+                     spec.name, epoch, tr["loss"], tr["acc"], va["loss"], va["acc"], " *" if improved else "",
+                     tr["img_per_s"], 100 * tr["wait_frac"])
+            state = {
+                "model": spec.name, "config": asdict(cfg), "precision_used": precision, "epoch": epoch,
+                "model_state": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                "optimizer_state": optimizer.state_dict(),
+                "scaler_state": scaler.state_dict() if scaler is not None else None,
+                "best_state": best_state, "best_epoch": best_epoch, "best_val_loss": best_val,
+                "rng": capture_rng(gen), "history": history, "data": data_report, "stop_reason": None,
+            }
+            save_checkpoint(last_path, state)
+            if improved:
+                save_checkpoint(best_path, {**state, "optimizer_state": {}, "rng": {}})
+            _write_log(out / "log.csv", history)
+
+    if epoch >= cfg.epochs:
+        stop_reason = "epochs"
+    if history:  # record why this invocation stopped
+        ck = load_checkpoint(last_path)
+        ck["stop_reason"] = stop_reason
+        save_checkpoint(last_path, ck)
+    log.info("%s: stopped (%s) after %d epochs; best validation loss %.5f at epoch %d",
+             spec.name, stop_reason, epoch, best_val, best_epoch)
+    onnx_path = None
+    if export and best_path.is_file() and stop_reason != "interrupted":
+        onnx_path = export_checkpoint(best_path, out / f"{spec.file_stem}.onnx")
+    return TrainResult(out, last_path, best_path, onnx_path, best_epoch, best_val, epoch, stop_reason,
+                       copy.deepcopy(history))
+
+
+def train_all(config: TrainConfig, data, out_root, *, models=MODEL_NAMES, val=None, resume: bool = False,
+              progress: bool = True) -> dict[str, TrainResult]:
+    """Train each model in turn into ``out_root/<MODEL>/`` (batch size per family unless set)."""
+    results = {}
+    for name in models:
+        cfg = replace(config, model=name)
+        results[name] = train(cfg, data, Path(out_root) / name, val=val, resume=resume, progress=progress)
+    return results
+
+
+# --- throughput ----------------------------------------------------------------------------------
+
+def measure_throughput(model: str, precision: str = "fp32", batch_size: int | None = None, steps: int = 5,
+                       warmup: int = 2, device: str = "auto", channels_last: bool = True) -> float:
+    """Images per second of full training steps (forward, backward, Adam) on random inputs."""
+    spec = get_spec(model)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    bs = batch_size or FAMILY_BATCH[spec.family]
+    torch.manual_seed(0)
+    net = build_model(spec).to(dev)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+    x = torch.rand(bs, spec.channels, spec.stamp, spec.stamp, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (bs,), device=dev)
+    crit = nn.CrossEntropyLoss()
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with _autocast(dev, prec):
+            logits = net(x)
+        loss = crit(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return bs * steps / (time.perf_counter() - t0)
