@@ -22,7 +22,8 @@ import numpy as np
 
 from lensengine.catalogs.flags import describe
 
-__all__ = ["score_column", "ScoreTableWriter", "read_scores", "write_candidates", "read_catalog",
+__all__ = ["score_column", "ScoreTableWriter", "read_scores", "write_candidates", "standard_provenance",
+           "read_catalog",
            "write_table", "iau_name", "describe_file", "COLUMN_DESCRIPTIONS"]
 
 ENSEMBLE_COLUMN = "P_ENSEMBLE"
@@ -295,7 +296,10 @@ def write_candidates(table, path, *, threshold: float, score_col: str = ENSEMBLE
         out["KNOWN_LENS"] = np.full(len(out), "", dtype="U1")
     for name in out.colnames:
         out[name].info.description = describe_column(name) or None
+    from lensengine import __version__
+
     meta = {
+        "SOFTWARE": (f"lensengine {__version__}", "software that wrote this catalogue"),
         "THRESH": (float(threshold), f"candidates have {score_col} >= THRESH"),
         "SCORECOL": (score_col, "score column used for selection and rank"),
         "NSCORED": (len(table), "cutouts in the score table"),
@@ -308,6 +312,27 @@ def write_candidates(table, path, *, threshold: float, score_col: str = ENSEMBLE
     out.meta = meta
     write_table(out, path)
     return out
+
+
+def standard_provenance(*, models=(), store=None, command: str | None = None,
+                        extra: dict[str, tuple[object, str]] | None = None) -> dict[str, tuple[object, str]]:
+    """Provenance cards for :func:`write_candidates`.
+
+    ``models`` is a sequence of ``(name, sha256)`` pairs (e.g. from ModelEntry):
+    ``MODEL<i>``/``SHA<i>`` cards, i from 1; ``NMODELS``; ``STORE``; ``CMDLINE``.
+    """
+    cards: dict[str, tuple[object, str]] = {"NMODELS": (len(models), "models scored")}
+    for i, (name, sha256) in enumerate(models, start=1):
+        if i > 99:
+            raise ValueError("at most 99 models fit the MODEL<i>/SHA<i> provenance keys")
+        cards[f"MODEL{i}"] = (str(name), f"model {i} name")
+        cards[f"SHA{i}"] = (str(sha256), f"SHA-256 of model {i}")
+    if store is not None:
+        cards["STORE"] = (str(store), "input survey store")
+    if command is not None:
+        cards["CMDLINE"] = (command, "command line")
+    cards.update(extra or {})
+    return cards
 
 
 def read_catalog(path):

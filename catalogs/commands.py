@@ -91,10 +91,26 @@ def store_validate_cmd(ctx: click.Context, store: Path, no_pixels: bool, as_json
     """
     from lensengine.catalogs.validate import validate_store
 
+    quiet = bool((ctx.find_root().obj or {}).get("quiet"))
+    bar = None
+    if not quiet and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("validating", total=None)
+        bar.start()
+
+    def progress(tile: str, index: int, n_chunks: int) -> None:
+        if bar is not None:
+            bar.update(task, description=f"validating {tile}", completed=index + 1, total=n_chunks)
+
     try:
-        problems = validate_store(store, check_pixels=not no_pixels)
+        problems = validate_store(store, check_pixels=not no_pixels, progress=progress)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.stop()
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in problems], indent=2))
     else:

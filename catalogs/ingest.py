@@ -217,7 +217,10 @@ def _run(jobs, workers: int):
 
 
 def _run_parallel(jobs, workers: int):
-    pool = cf.ProcessPoolExecutor(max_workers=workers)
+    import multiprocessing
+
+    # spawn, not fork: the parent runs zarr's event-loop thread, and forking a threaded process can deadlock
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         yield from pool.map(_task, jobs)
     finally:

@@ -98,6 +98,7 @@ class SurveyStore:
         self.chunk_size: int = int(self.attrs["chunk_size"])
         self.codec: str = self.attrs["codec"]
         self._keepbits = layout.parse_codec(self.codec)[1]
+        self._tile_groups: dict = {}  # tile -> zarr group, metadata read once (a snapshot in "r" mode)
 
     # --- creation and opening -------------------------------------------------
 
@@ -183,8 +184,11 @@ class SurveyStore:
         return sorted(name for name, _ in self._group["tiles"].groups())
 
     def _tile(self, tile: str):
+        if tile in self._tile_groups:
+            return self._tile_groups[tile]
         try:
-            return self._group["tiles"][tile]
+            group = self._tile_groups[tile] = self._group["tiles"][tile]
+            return group
         except KeyError:
             raise KeyError(f"tile {tile!r} not in store {self.path} (tiles: {', '.join(self.tiles) or 'none'})") \
                 from None
@@ -254,10 +258,22 @@ class SurveyStore:
                            nisp=data.get("nisp"), flags=data["flags"], truth=truth, held=self.bands)
 
     def read_index(self, tile: str, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Only ``object_id``, ``ra``, ``dec`` and ``flags`` of ``[start, stop)``: the rows of a chunk
-        whose images cannot be read are still named (used by the engine to account for every cutout)."""
+        """Only the small columns (``object_id``, ``ra``, ``dec``, ``flags``) of committed cutouts ``[start, stop)``.
+
+        Cheap (no images); useful for finding objects and for naming the cutouts of an unreadable image chunk.
+        """
+        n = self.n_cutouts(tile)
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"range [{start}, {stop}) outside the {n} committed cutouts of tile {tile!r}")
         group = self._tile(tile)
-        return {name: group[name][start:stop] for name in layout.SCALAR_COLUMNS}
+        out = {}
+        for name in layout.SCALAR_COLUMNS:
+            try:
+                out[name] = group[name][start:stop]
+            except Exception as exc:  # noqa: BLE001 - a decoding failure of one chunk must not stop a run
+                raise ChunkReadError(tile, start // self.chunk_size, f"array {name!r}: {type(exc).__name__}: {exc}") \
+                    from exc
+        return out
 
     def iter_chunks(self, tile: str):
         """Yield ``(index, CutoutBatch)`` for every committed chunk of a tile."""
@@ -291,7 +307,7 @@ class SurveyStore:
             group = tiles.create_group(tile)
             layout.create_tile_arrays(group, self.chunk_size, self.has_vis, self.has_nisp, self.truth_columns)
             group.attrs.update({"n_cutouts": 0, "pending": None})
-        group = tiles[tile]
+        group = self._tile(tile)
         n0 = int(group.attrs.get("n_cutouts", 0))
         k = len(batch)
         if k == 0:

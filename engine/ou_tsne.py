@@ -37,6 +37,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -44,7 +45,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from lensengine.engine.specs import MODEL_NAMES
 
-__all__ = ["OUTSNE", "fill_empty_cells", "FORMAT_VERSION"]
+__all__ = ["OUTSNE", "Placement", "fill_empty_cells", "FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,15 @@ FORMAT_VERSION = 1
 
 _N_FEATURES = len(MODEL_NAMES)
 _EARLY_EXAGGERATION_ITER = 250
+
+
+class Placement(NamedTuple):
+    """Where :meth:`OUTSNE.locate` put each object."""
+
+    coords: np.ndarray   # (n, 2) float64 embedding coordinates
+    cells: np.ndarray    # (n, 2) intp grid cell (ix, iy), clipped into the grid
+    scores: np.ndarray   # (n,) float64 OU-T-SNE P(lens)
+    outside: np.ndarray  # (n,) bool, outside the grid / the training set's reach
 
 
 def fill_empty_cells(values: np.ndarray, defined: np.ndarray, fallback: float = np.nan,
@@ -339,21 +349,43 @@ class OUTSNE(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "grid_")
         return self._place(self._check_scores(P))[0]
 
-    def score_lens(self, P, return_outside: bool = False):
-        """OU-T-SNE's P(lens) for score vectors ``P`` (n, 7): the value of the cell each one lands in.
+    def locate(self, P, missing: str = "raise") -> Placement:
+        """Place score vectors ``P`` (n, 7): coordinates, grid cells, scores and the outside mask at once.
 
-        With ``return_outside=True`` returns ``(scores, outside)`` where ``outside``
-        is the (n,) bool mask of objects outside the grid (see the module docstring);
-        the engine maps it to ``Flag.OUTSIDE_TSNE_GRID``.
+        ``missing="raise"`` (default) refuses rows with a non-finite score; ``missing="nan"``
+        gives them NaN coordinates and score, cell (-1, -1) and ``outside`` False (the engine
+        uses this for objects some model could not score).
         """
         check_is_fitted(self, "grid_")
-        X = self._check_scores(P)
-        coords, outside = self._place(X)
+        if missing not in ("raise", "nan"):
+            raise ValueError(f"missing must be 'raise' or 'nan', got {missing!r}")
+        X = np.asarray(P, dtype=np.float64)
+        ok = np.isfinite(X).all(axis=1) if (missing == "nan" and X.ndim == 2) else None
+        if ok is not None and not ok.all():
+            n = X.shape[0]
+            part = self.locate(X[ok])
+            coords = np.full((n, 2), np.nan)
+            cells = np.full((n, 2), -1, dtype=np.intp)
+            scores = np.full(n, np.nan)
+            outside = np.zeros(n, dtype=bool)
+            coords[ok], cells[ok], scores[ok], outside[ok] = part
+            return Placement(coords, cells, scores, outside)
+        coords, outside = self._place(self._check_scores(X))
         ix, iy, _ = self._cells(coords)
         scores = self.grid_[ix, iy].copy()
         if self.outside == "prior":
             scores[outside] = self.prior_
-        return (scores, outside) if return_outside else scores
+        return Placement(coords, np.column_stack([ix, iy]), scores, outside)
+
+    def score_lens(self, P, return_outside: bool = False, missing: str = "raise"):
+        """OU-T-SNE's P(lens) for score vectors ``P`` (n, 7): the value of the cell each one lands in.
+
+        With ``return_outside=True`` returns ``(scores, outside)`` where ``outside``
+        is the (n,) bool mask of objects outside the grid (see the module docstring);
+        the engine maps it to ``Flag.OUTSIDE_TSNE_GRID``.  ``missing`` as in :meth:`locate`.
+        """
+        where = self.locate(P, missing=missing)
+        return (where.scores, where.outside) if return_outside else where.scores
 
     def predict_proba(self, P) -> np.ndarray:
         """(n, 2) class probabilities ``[P(non-lens), P(lens)]`` (scikit-learn layout)."""

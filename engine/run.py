@@ -49,9 +49,10 @@ class RunOptions:
     workers: int = 1
     threads: int = 0           # ONNX Runtime threads per worker (0: cores / workers)
     device: str = "auto"
-    batch_size: int = 128
+    batch_size: int = 32
     resume: bool = False
     ensemble_path: Path | None = None
+    precision: str = "fp32"
     progress: bool = True
     command_line: str = ""
     dashboard: bool = True
@@ -96,7 +97,7 @@ def plan_run(opts: RunOptions):
                           ("OU-66" if m.stamp == 66 else "OU-200")) for m in opts.models)
     tasks = [
         ChunkTask(str(Path(opts.store).resolve()), tile, i, start, stop, refs, opts.device, opts.threads,
-                  opts.batch_size, ensemble_path)
+                  opts.batch_size, ensemble_path, opts.precision)
         for tile in store.tiles
         for i, (start, stop) in enumerate(store.chunk_slices(tile))
     ]
@@ -113,6 +114,7 @@ def _manifest(opts: RunOptions, store, ensemble) -> dict:
         "models": {m.name: m.sha256 for m in opts.models},
         "ensemble": ensemble.name,
         "batch_size": opts.batch_size,
+        "precision": opts.precision,
     }
 
 
@@ -127,7 +129,7 @@ def _prepare_parts(opts: RunOptions, manifest: dict) -> Path:
         if old != manifest:
             raise ContractError(
                 f"cannot resume: {parts} belongs to a different run (store, models, ensemble or batch size "
-                f"changed); run without --resume to start again"
+                f"changed, or precision); run without --resume to start again"
             )
         return parts
     if parts.exists():
@@ -253,6 +255,7 @@ def _provenance(opts: RunOptions, store, summary: RunSummary) -> dict[str, tuple
         "CMDLINE": (opts.command_line[-60:], "command line (tail)"),
         "THRESH": (float(opts.threshold), "candidate threshold on P_ENSEMBLE"),
         "ENSEMBLE": (summary.ensemble, "ensemble score: OU-T-SNE or mean stand-in"),
+        "PRECISN": (opts.precision, "fp32 (ONNX Runtime) or bf16 (torch autocast)"),
         "NCUTOUT": (summary.n_cutouts, "cutouts in the input store"),
         "NSCORED": (summary.n_scored, "cutouts with an ensemble score"),
         "NFLAGGED": (summary.n_flagged, "cutouts with a bad-input flag"),

@@ -50,8 +50,9 @@ class ChunkTask:
     models: tuple[ModelRef, ...]
     device: str = "auto"
     threads: int = 0
-    batch_size: int = 128
+    batch_size: int = 32
     ensemble: str | None = None  # path of a fitted OU-T-SNE, None for the mean stand-in
+    precision: str = "fp32"      # "fp32" (ONNX Runtime) or "bf16" (torch autocast on the .pt weights)
 
     @property
     def key(self) -> str:
@@ -92,11 +93,21 @@ def _index_rows(store, task: ChunkTask) -> dict[str, np.ndarray]:
     return out
 
 
-def _run_model(sess, x: np.ndarray, usable: np.ndarray) -> np.ndarray:
+def _run_model(runner, x: np.ndarray, usable: np.ndarray) -> np.ndarray:
     out = np.full(len(x), np.nan, np.float32)
     if usable.any():
-        out[usable] = sess.run(["p_lens"], {"cutout": np.ascontiguousarray(x[usable])})[0]
+        out[usable] = runner(np.ascontiguousarray(x[usable]))
     return out
+
+
+def _runner(model: ModelRef, task: ChunkTask):
+    """A callable x -> P(lens) for one model in the task's precision (cached per process)."""
+    if task.precision == "bf16":
+        from lensengine.engine.reduced import bf16_runner
+
+        return bf16_runner(model.path, model.name, task.threads)
+    sess = get_session(model.path, task.device, task.threads, model.name)
+    return lambda x: sess.run(["p_lens"], {"cutout": x})[0]
 
 
 def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
@@ -123,7 +134,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
         return _finish(rows, store, task, truth=None)
 
     prep = _preprocessor(task.models)
-    sessions = {m.name: get_session(m.path, task.device, task.threads, m.name) for m in task.models}
+    runners = {m.name: _runner(m, task) for m in task.models}
     probs = np.full((n, len(names)), np.nan, np.float32)
     flags = np.asarray(batch.flags, np.uint32).copy()
     all_bands = batch.bands()
@@ -133,7 +144,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
         prepared = prep(sub, hi - lo)
         flags[lo:hi] |= prepared.flags
         for j, m in enumerate(task.models):
-            probs[lo:hi, j] = _run_model(sessions[m.name], prepared.inputs[m.name], prepared.usable[m.name])
+            probs[lo:hi, j] = _run_model(runners[m.name], prepared.inputs[m.name], prepared.usable[m.name])
     # a band the store marked missing for a cutout arrives as NaN: report it as missing, not as bad pixels
     missing = (np.asarray(batch.flags) & np.uint32(Flag.MISSING_BAND)) != 0
     flags[missing] &= ~np.uint32(Flag.NONFINITE)

@@ -1,10 +1,146 @@
-"""Built-in plugin (being written): registers its commands through ``register_commands``."""
+"""Built-in plugin: ``lensengine explain``, interpretability maps for the torch networks (paper §5).
+
+Registers through ``register_commands`` exactly as a third-party plugin would.
+The methods live in :mod:`lensengine.plugins._interpret_methods` (tensors in,
+arrays out), the figures in :mod:`lensengine.plugins._interpret_plots`, the
+orchestration (including :func:`explain_cutouts`, which ``lensengine run
+--explain-top K`` calls) in :mod:`lensengine.plugins._interpret_run`.  torch is
+imported only when the command runs.  Documentation: docs/interpretability.md.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
+import click
+
 from lensengine.plugins import hookimpl
+
+log = logging.getLogger(__name__)
+
+__all__ = ["explain_cutouts", "explain_cmd"]
+
+_METHOD_CHOICES = ("occlusion", "kav", "cgi", "deepdream", "gki", "gradcam", "all")
+
+
+def explain_cutouts(model_name, net, bands_batch, methods, out_dir, **kwargs):
+    """Interpretability maps for a batch of cutouts: ``{object_id: {method: PNG path}}``.
+
+    See :func:`lensengine.plugins._interpret_run.explain_cutouts` (imports torch lazily).
+    """
+    from lensengine.plugins._interpret_run import explain_cutouts as run
+
+    return run(model_name, net, bands_batch, methods, out_dir, **kwargs)
+
+
+def _parse_ids(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integer object IDs, got {text!r}", param_hint="--ids")
+
+
+def _parse_kernels(text: str | None) -> list[tuple[int, int]]:
+    if not text:
+        return []
+    try:
+        return [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item]  # type: ignore[misc]
+    except ValueError:
+        raise click.BadParameter(f"expected LAYER:KERNEL[,LAYER:KERNEL...], got {text!r}", param_hint="--kernels")
+
+
+@click.command("explain")
+@click.option("--model", "model", required=True, help="Model name, e.g. OU-66 or OU-200.")
+@click.option("--models", "models_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="ONNX model directory (the torch .pt beside each .onnx is used). Default: the registered models.")
+@click.option("--weights", "weights_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The paper's published weights directory (OU_*_Weights.pt) instead of --models.")
+@click.option("--tiles", "store", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Survey store (.zarr) holding the cutouts.")
+@click.option("--ids", "ids", default=None, help="Comma-separated object IDs to explain, e.g. 12,57.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(_METHOD_CHOICES), default=("all",),
+              show_default=True, help="Method (repeatable).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (PNG figures and raw .npy/.npz maps).")
+@click.option("--recipe", type=click.Choice(("paper", "code")), default="paper", show_default=True,
+              help="CGI / Deep Dream recipe: the paper's (lr 0.1 x 5000; lr 0.001 x 1000) or the published code's "
+                   "(SGD lr 0.1, 99 updates on the raw logit, re-scale and clip).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Override the number of updates (CGI, Deep Dream, GKI).")
+@click.option("--target", type=click.Choice(("lens", "non-lens")), default="lens", show_default=True,
+              help="Class to explain or maximise.")
+@click.option("--patch", type=click.IntRange(1), default=None, help="Occlusion square in pixels (default 1 OU-66, 4 OU-200).")
+@click.option("--stride", type=click.IntRange(1), default=None, help="Occlusion stride (default = the family's).")
+@click.option("--score", type=click.Choice(("p", "logit")), default="p", show_default=True,
+              help="Occlusion score: ΔP(lens) (paper) or Δ(lens - non-lens logit), for saturated P.")
+@click.option("--kernels", default=None, help="GKI kernels as LAYER:KERNEL[,...] (trunk indices), e.g. 0:6,4:25.")
+@click.option("--top-k", type=click.IntRange(1), default=9, show_default=True, help="KAV: images per kernel.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="KAV over the store: at most this many cutouts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise images (CGI, GKI).")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def explain_cmd(model, models_dir, weights_dir, store, ids, methods, out_dir, recipe, steps, target, patch, stride,
+                score, kernels, top_k, limit, seed, as_json):
+    """Interpretability maps for one network (paper §5): occlusion, KAV, CGI, Deep Dream, GKI, Guided Grad-CAM.
+
+    \b
+    Examples:
+      lensengine explain --model OU-66 --weights ../shared/published-weights \\
+          --tiles survey.zarr --ids 12,57 --method occlusion --method gradcam --out explain/
+      lensengine explain --model OU-200 --models models/published --method cgi --recipe code --out explain/
+      lensengine explain --model OU-66 --models models/published --tiles survey.zarr --method kav --out explain/
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise click.UsageError(f"explain needs torch: pip install 'lensengine[training]' ({exc})")
+    from lensengine.engine.models import ContractError
+    from lensengine.plugins import _interpret_run as R
+
+    chosen = set(R.METHODS) if "all" in methods else set(methods)
+    object_ids = _parse_ids(ids)
+    cutout_methods = chosen & set(R.PER_CUTOUT)
+    if (cutout_methods - {"kav"}) and not object_ids:
+        if "all" in methods:
+            cutout_methods = {"kav"} if store else set()
+        else:
+            raise click.UsageError(f"--method {', '.join(sorted(cutout_methods - {'kav'}))} needs --tiles and --ids")
+    if object_ids and store is None:
+        raise click.UsageError("--ids needs --tiles STORE.zarr")
+    if chosen == {"kav"} and store is None:
+        raise click.UsageError("--method kav needs --tiles (a data set to rank, or the cutouts named by --ids)")
+    options = R.ExplainOptions(patch=patch, stride=stride, score=score, recipe=recipe, steps=steps,
+                               target=1 if target == "lens" else 0, seed=seed, kernels=_parse_kernels(kernels),
+                               top_k=top_k)
+    try:
+        net, spec = R.load_network(model, models_dir, weights_dir)
+    except (ContractError, FileNotFoundError, KeyError) as exc:
+        raise click.UsageError(str(exc))
+    written: dict = {"model": model, "out": str(out_dir)}
+    if object_ids and cutout_methods:
+        try:
+            batch = R.find_cutouts(store, object_ids)
+        except KeyError as exc:
+            raise click.UsageError(str(exc.args[0]))
+        maps = R.explain_cutouts(model, net, batch, cutout_methods, out_dir, spec=spec, options=options)
+        written["cutouts"] = {str(k): {m: str(p) for m, p in v.items()} for k, v in maps.items()}
+    elif "kav" in cutout_methods and store is not None:
+        paths = R.kav_over_store(model, net, store, out_dir, spec=spec, top_k=top_k, limit=limit)
+        written["kav"] = {k: str(v) for k, v in paths.items()}
+    model_methods = chosen & set(R.PER_MODEL)
+    if model_methods:
+        paths = R.explain_model(model, net, model_methods, out_dir, spec=spec, options=options)
+        written.update({k: [str(p) for p in v] for k, v in paths.items()})
+    if as_json:
+        click.echo(json.dumps(written, indent=2))
+    else:
+        for key, value in written.items():
+            if key not in ("model", "out"):
+                click.echo(f"{key}: {json.dumps(value)}")
 
 
 @hookimpl
 def register_commands(cli):
-    return None
+    cli.add_command(explain_cmd)

@@ -35,15 +35,16 @@ LENS_Z = (0.55, 0.22, 0.15, 1.1)  # truncated normal: mean, sd, min, max
 VDF = (161.0, 2.32, 2.67)  # Choi et al. 2007: sigma*, alpha, beta
 LENS_SIGMA = (180.0, 380.0)
 SOURCE_Z = (1.6, 0.3, 3.3)  # Smail median, min gap above the deflector, max
-SOURCE_MAG = (21.5, 25.0)  # unlensed VIS AB
+SOURCE_MAG = (20.5, 24.0)  # unlensed VIS AB
 SOURCE_RE = (0.25, 0.25)  # log-normal median (arcsec), sd (dex)
+SOURCE_OFFSET = 0.6  # max source-plane offset from the deflector, in units of θ_E
 CENTRE_SD = 1.5  # arcsec, offset of the main galaxy from the stamp centre (clipped at 6")
 SHEAR_SD = 0.05  # per component, single lenses
 COMPOUND_SHEAR_MAX = 0.5  # per component, paper's Table 1 (published code: 0.05)
 SOURCE_COLOURS = ("blue", "red", "mixed")
 #: source colour -> SED classes and their probabilities
 _SOURCE_SED = {"blue": (("starburst",), (1.0,)), "red": (("red",), (1.0,)),
-               "mixed": (("starburst", "blue", "red"), (0.5, 0.3, 0.2))}
+               "mixed": (("starburst", "blue", "red"), (0.65, 0.2, 0.15))}
 
 
 @dataclass
@@ -194,10 +195,10 @@ def _field_galaxy(rng, m_range, x=None, y=None, cls=None):
 
 
 def add_environment(scene, rng, n_neighbours=None):
-    """Neighbours (VIS 20-24.5) and faint background galaxies (24.5-26.5) anywhere in the stamp."""
-    n_nb = rng.poisson(1.5) if n_neighbours is None else n_neighbours
+    """Neighbours (VIS 21-24.5) and faint background galaxies (24.5-26.5) anywhere in the stamp."""
+    n_nb = rng.poisson(1.0) if n_neighbours is None else n_neighbours
     for _ in range(n_nb):
-        _add_galaxy(scene, _field_galaxy(rng, (20.0, 24.5)))
+        _add_galaxy(scene, _field_galaxy(rng, (21.0, 24.5)))
     for _ in range(rng.poisson(4.0)):
         _add_galaxy(scene, _field_galaxy(rng, (24.5, 26.5)))
 
@@ -247,7 +248,7 @@ def sample_single_lens(rng, source_colour="mixed") -> tuple[Scene, SystemTruth]:
     where = window(x, y, 2.0 * theta_e + 2.5)
     bx, by = _single_plane().ray_shooting(where[2], where[3], kw)
     bx, by = np.asarray(bx, dtype=np.float32), np.asarray(by, dtype=np.float32)
-    r_src = theta_e * 0.8 * np.sqrt(rng.uniform())
+    r_src = theta_e * SOURCE_OFFSET * np.sqrt(rng.uniform())  # uniform in area inside SOURCE_OFFSET θ_E
     a = rng.uniform(0, 2 * np.pi)
     sed_cls = _source_sed(rng, source_colour)
     scene = Scene()
@@ -309,9 +310,9 @@ def sample_compound(rng, kind: str, source_colour="mixed") -> tuple[Scene, Syste
 
 
 # --- hard non-lenses ---------------------------------------------------------
-NON_LENS_TYPES = {  # name -> probability
-    "elliptical": 0.25, "spiral-face-on": 0.13, "spiral-edge-on": 0.08, "ring-galaxy": 0.14,
-    "merger": 0.14, "close-pair": 0.13, "blend": 0.13,
+NON_LENS_TYPES = {  # name -> probability: mostly lens-like ellipticals (as in the challenge), 45 % confusers
+    "elliptical": 0.55, "spiral-face-on": 0.08, "spiral-edge-on": 0.06, "ring-galaxy": 0.05,
+    "merger": 0.08, "close-pair": 0.09, "blend": 0.09,
 }
 
 

@@ -294,6 +294,17 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             raise ValueError(f"cannot resume {last_path}: {sorted(changed)} differ from the checkpoint "
                              f"({ {k: getattr(old, k) for k in sorted(changed)} } there, "
                              f"{ {k: getattr(cfg, k) for k in sorted(changed)} } now)")
+        done = ckpt["epoch"] >= cfg.epochs or (cfg.early_stop is not None
+                                                and ckpt["epoch"] - ckpt["best_epoch"] >= cfg.early_stop)
+        if done:  # nothing left to train: do not reload the data
+            log.info("%s: %s already finished (%d epochs, best at %d)", spec.name, last_path, ckpt["epoch"],
+                     ckpt["best_epoch"])
+            reason = "epochs" if ckpt["epoch"] >= cfg.epochs else \
+                f"early stop: no lower validation loss for {cfg.early_stop} epochs"
+            onnx_path = (export_checkpoint(best_path, out / f"{spec.file_stem}.onnx")
+                         if export and best_path.is_file() else None)
+            return TrainResult(out, last_path, best_path, onnx_path, ckpt["best_epoch"], ckpt["best_val_loss"],
+                               ckpt["epoch"], reason, list(ckpt.get("history") or []))
     elif last_path.is_file():
         raise FileExistsError(f"{last_path} exists: pass --resume to continue that run or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -407,12 +418,18 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
 
 
 def train_all(config: TrainConfig, data, out_root, *, models=MODEL_NAMES, val=None, resume: bool = False,
-              progress: bool = True) -> dict[str, TrainResult]:
-    """Train each model in turn into ``out_root/<MODEL>/`` (batch size per family unless set)."""
+              export: bool = True, progress: bool = True) -> dict[str, TrainResult]:
+    """Train each model in turn into ``out_root/<MODEL>/`` (batch size per family unless set).
+
+    With ``resume`` a model whose run already ended (epochs, early stop) is only re-exported, an
+    unfinished one continues and one not started yet starts, so the same command can be repeated
+    session after session under ``max_time_min``.
+    """
     results = {}
     for name in models:
         cfg = replace(config, model=name)
-        results[name] = train(cfg, data, Path(out_root) / name, val=val, resume=resume, progress=progress)
+        results[name] = train(cfg, data, Path(out_root) / name, val=val, resume=resume, export=export,
+                              progress=progress)
     return results
 
 

@@ -70,7 +70,7 @@ def train_cmd(ctx, model, all_models, data, val, out, epochs, batch_size, lr, se
     progress = not _quiet(ctx)
     try:
         if all_models:
-            results = train_all(cfg, data, out, val=val, resume=resume, progress=progress)
+            results = train_all(cfg, data, out, val=val, resume=resume, export=not no_export, progress=progress)
         else:
             results = {model: train(cfg, data, out, val=val, resume=resume, export=not no_export,
                                     progress=progress)}

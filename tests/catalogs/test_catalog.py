@@ -10,7 +10,7 @@ from astropy.table import Table
 from click.testing import CliRunner
 
 from lensengine.catalogs.catalog import (ScoreTableWriter, iau_name, read_catalog, read_scores, score_column,
-                                         write_candidates)
+                                         standard_provenance, write_candidates)
 from lensengine.catalogs.crossmatch import crossmatch_known
 from lensengine.catalogs.flags import Flag
 
@@ -62,10 +62,10 @@ def test_score_table_incremental_round_trip(tmp_path, rng):
 def test_candidates_round_trip(tmp_path, rng):
     scores = Table(score_batch(rng, 40))
     scores["RA"].unit = u.deg
-    provenance = {"SWVER": ("lensengine 0.1.0", "software version"),
-                  "MOD1": ("OU-66", "model 1"), "SHA1": ("ab" * 32, "sha256 of model 1 ONNX file, long comment"),
-                  "STORE": ("/data/survey.zarr", "input store"),
-                  "CMDLINE": ("lensengine run --tiles /data/survey.zarr --threshold 0.5 " * 3, "command line")}
+    provenance = standard_provenance(
+        models=[("OU-66", "ab" * 32), ("OU-200", "cd" * 32)], store="/data/survey.zarr",
+        command="lensengine run --tiles /data/survey.zarr --threshold 0.5 " * 3,
+        extra={"SWVER": ("lensengine 0.1.0", "software version")})
     path = tmp_path / "cands.fits"
     out = write_candidates(scores, path, threshold=0.5, provenance=provenance)
     expected = np.sort(scores["P_ENSEMBLE"][scores["P_ENSEMBLE"] >= 0.5])[::-1]
@@ -78,7 +78,8 @@ def test_candidates_round_trip(tmp_path, rng):
     assert cat["NAME"][0].startswith("LENS J")
     assert cat["RA"].info.description == "right ascension (ICRS)"
     assert cat.meta["SHA1"][0] == "ab" * 32 and cat.meta["SWVER"] == ("lensengine 0.1.0", "software version")
-    assert cat.meta["CMDLINE"][0].startswith("lensengine run")
+    assert cat.meta["CMDLINE"][0].startswith("lensengine run") and cat.meta["MODEL2"][0] == "OU-200"
+    assert cat.meta["SOFTWARE"][0].startswith("lensengine ") and cat.meta["STORE"][0] == "/data/survey.zarr"
     assert cat.meta["THRESH"][0] == 0.5 and cat.meta["NCAND"][0] == len(expected) and cat.meta["NSCORED"][0] == 40
     header = fits.getheader(path, 1)
     assert all(len(k) <= 8 for k in header)

@@ -54,9 +54,8 @@ def test_edge_clipping_fills_without_nan():
     assert np.median(stamp[:, :10]) == pytest.approx(5.0, abs=0.2)  # filled with a sky-like level
 
 
-def test_bologna_layout(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "challenge"
+def write_bologna(root, rng):
+    """Two challenge cutouts (IDs 100, 101); 101 lacks Y."""
     images = {}
     for cid in ("100", "101"):
         for band, n in (("VIS", 200), ("Y", 66), ("J", 66), ("H", 66)):
@@ -66,6 +65,12 @@ def test_bologna_layout(tmp_path):
             d.mkdir(parents=True, exist_ok=True)
             images[cid, band] = rng.normal(0, 1, (n, n)).astype(np.float32)
             fits.PrimaryHDU(images[cid, band]).writeto(d / f"imageEUC_{band}-{cid}.fits")
+    return images
+
+
+def test_bologna_layout(tmp_path):
+    root = tmp_path / "challenge"
+    images = write_bologna(root, np.random.default_rng(0))
     result = ingest_fits([root], tmp_path / "b.zarr", chunk_size=32, progress=False)
     assert result.layout == "bologna" and result.n_cutouts == 2
     batch = SurveyStore.open(tmp_path / "b.zarr").read_chunk("fits", 0)
@@ -76,6 +81,18 @@ def test_bologna_layout(tmp_path):
     assert batch.flags[1] == np.uint32(Flag.BAND_DUPLICATED)
     np.testing.assert_array_equal(batch.nisp[1, 0], batch.nisp[1, 1])  # Y duplicated from J
     assert validate_store(tmp_path / "b.zarr") == []
+
+
+@pytest.mark.slow
+def test_parallel_ingest_matches_serial(tmp_path):
+    root = tmp_path / "challenge"
+    write_bologna(root, np.random.default_rng(0))
+    ingest_fits([root], tmp_path / "s.zarr", progress=False)
+    ingest_fits([root], tmp_path / "p.zarr", chunk_size=1, workers=2, progress=False)  # one task per cutout
+    serial = SurveyStore.open(tmp_path / "s.zarr").read("fits", 0, 2)
+    parallel = SurveyStore.open(tmp_path / "p.zarr").read("fits", 0, 2)
+    np.testing.assert_array_equal(parallel.nisp, serial.nisp)
+    np.testing.assert_array_equal(parallel.flags, serial.flags)
 
 
 def test_multi_extension_cutouts(tmp_path):

@@ -33,6 +33,10 @@ def test_round_trip_and_chunks(small_store):
     np.testing.assert_array_equal(part.nisp, data.nisp[10:35])
     with pytest.raises(IndexError):
         reopened.read_chunk("t0", 3)
+    index = reopened.read_index("t0", 5, 20)
+    np.testing.assert_array_equal(index["object_id"], data.object_id[5:20])
+    np.testing.assert_array_equal(index["dec"], data.dec[5:20])
+    assert [i for i, _ in reopened.iter_chunks("t0")] == [0, 1, 2]
 
 
 def test_bands_feed_preprocessor(small_store):

@@ -56,7 +56,8 @@ def test_fill_uses_only_defined_neighbours_and_iterates():
 
 
 def test_fill_is_synchronous_known_answer():
-    # corner cells 1 and 0 defined on a 3x3 grid; pass 1 fills the cells touching a corner
+    # corners (0,0)=1 and (2,2)=0 defined; pass 1 fills the cells touching a corner, pass 2 the
+    # two far corners from pass-1 values only
     values = np.zeros((3, 3))
     values[0, 0] = 1.0
     defined = np.zeros((3, 3), bool)
@@ -66,7 +67,7 @@ def test_fill_is_synchronous_known_answer():
                          [1.0, 0.5, 0.0],
                          [0.5, 0.0, 0.0]])
     np.testing.assert_allclose(filled, expected)
-    assert passes.max() == 1
+    np.testing.assert_array_equal(passes, [[0, 1, 2], [1, 1, 1], [2, 1, 0]])
 
 
 def test_fill_with_nothing_defined_uses_fallback():
@@ -203,6 +204,16 @@ def test_bad_input_is_refused(clusters_model):
         OUTSNE(outside="nearest").fit(*two_clusters(20, 0))
 
 
+def test_missing_scores_give_nan_when_asked(clusters_model):
+    Xt, _ = two_clusters(6, 9)
+    Xt[2, 4] = np.nan
+    s, out = clusters_model.score_lens(Xt, return_outside=True, missing="nan")
+    assert np.isnan(s[2]) and not out[2]
+    keep = np.arange(6) != 2
+    np.testing.assert_array_equal(s[keep], clusters_model.score_lens(Xt[keep]))
+    assert (clusters_model.locate(Xt, missing="nan").cells[2] == -1).all()
+
+
 def test_pickle_is_small_and_works(clusters_model):
     import pickle
 
@@ -219,3 +230,52 @@ def test_plot_writes_png(tmp_path, clusters_model):
     pytest.importorskip("matplotlib")
     out = clusters_model.plot(tmp_path / "fig.png", title="test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- command line (the built-in plugin) --------------------------------------------------
+
+def test_cli_fit_plot_inspect(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from lensengine.plugins.tsne import score_columns, tsne_group
+
+    X, y = two_clusters(200, 8)
+    X[3, 2] = np.nan
+    cols = {c: X[:, j].astype(np.float32) for j, c in enumerate(score_columns())}
+    cols.update(OBJECT_ID=np.arange(200, dtype=np.int64), TRUTH_LABEL=y)
+    pq.write_table(pa.table(cols), tmp_path / "scores.parquet")
+    runner = CliRunner()
+    res = runner.invoke(tsne_group, ["fit", "--scores", str(tmp_path / "scores.parquet"), "--out",
+                                     str(tmp_path / "m.npz"), "--grid-size", "12", "--perplexity", "20"])
+    assert res.exit_code == 0, res.output
+    assert "skipping 1 of 200 rows" in res.output and (tmp_path / "m.npz").is_file()
+    model = OUTSNE.load(tmp_path / "m.npz")
+    assert model.grid_size == 12 and model.counts_.sum() == 199
+    x0, x1, y0, y1 = model.bounds_
+    res = runner.invoke(tsne_group, ["inspect", str(tmp_path / "m.npz"), "--scores", str(tmp_path / "scores.parquet"),
+                                     "--region", f"{x0},{x1},{y0},{y1}", "--limit", "5",
+                                     "--csv", str(tmp_path / "r.csv")])
+    assert res.exit_code == 0, res.output
+    assert "199 of 199 objects" in res.output and "OBJECT_ID" in res.output
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 200
+    res = runner.invoke(tsne_group, ["inspect", str(tmp_path / "m.npz"), "--scores", str(tmp_path / "scores.parquet"),
+                                     "--region", "1,0,0,1"])
+    assert res.exit_code == 2
+    if pytest.importorskip("matplotlib"):
+        res = runner.invoke(tsne_group, ["plot", str(tmp_path / "m.npz"), "--out", str(tmp_path / "f.png")])
+        assert res.exit_code == 0, res.output
+
+
+def test_cli_refuses_table_without_scores(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from lensengine.plugins.tsne import tsne_group
+
+    pq.write_table(pa.table({"P_OU_J": np.zeros(3)}), tmp_path / "s.parquet")
+    res = CliRunner().invoke(tsne_group, ["fit", "--scores", str(tmp_path / "s.parquet"), "--out",
+                                          str(tmp_path / "m.npz")])
+    assert res.exit_code == 2 and "lacks column(s)" in res.output

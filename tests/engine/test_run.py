@@ -145,3 +145,19 @@ def test_resume_refuses_a_different_run(tmp_path, tiny_models):
     result = CliRunner().invoke(cli, ["run", "--tiles", str(store), "--models", str(tiny_models),
                                       "--out", str(tmp_path / "c.fits"), "--resume"])
     assert result.exit_code == 2 and "cannot resume" in result.output
+
+
+def test_bf16_path_agrees_with_fp32(tmp_path, tiny_models):
+    pytest.importorskip("torch")
+    store = tmp_path / "s.zarr"
+    make_store(store, tiles=("A",), n_per_tile=32, chunk_size=16, bad=False)
+    for precision in ("fp32", "bf16"):
+        result = _run_cli(["--tiles", str(store), "--models", str(tiny_models), "--out",
+                           str(tmp_path / f"{precision}.fits"), "--precision", precision])
+        assert result.exit_code == 0, result.output
+    a = _read_scores(tmp_path / "fp32_scores.parquet")
+    b = _read_scores(tmp_path / "bf16_scores.parquet")
+    for col in ("P_OU_J", "P_OU_JYH", "P_OU_VIS", "P_ENSEMBLE"):
+        diff = np.abs(np.asarray(a[col]) - np.asarray(b[col]))
+        assert diff.max() < 0.01, (col, diff.max())
+    assert fits.getheader(tmp_path / "bf16.fits", 1)["PRECISN"] == "bf16"
