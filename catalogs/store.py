@@ -99,6 +99,7 @@ class SurveyStore:
         self.codec: str = self.attrs["codec"]
         self._keepbits = layout.parse_codec(self.codec)[1]
         self._tile_groups: dict = {}  # tile -> zarr group, metadata read once (a snapshot in "r" mode)
+        self._array_cache: dict = {}  # (tile, array) -> zarr array, read-only mode only
 
     # --- creation and opening -------------------------------------------------
 
@@ -215,6 +216,15 @@ class SurveyStore:
 
     # --- reading ----------------------------------------------------------------
 
+    def _array(self, tile: str, name: str):
+        """A tile's array; handles are cached in read-only mode (opening one reads its metadata file)."""
+        if self.mode != "r":
+            return self._tile(tile)[name]
+        key = (tile, name)
+        if key not in self._array_cache:
+            self._array_cache[key] = self._tile(tile)[name]
+        return self._array_cache[key]
+
     def _arrays(self) -> list[str]:
         return layout.array_names(self.has_vis, self.has_nisp, self.truth_columns)
 
@@ -239,7 +249,6 @@ class SurveyStore:
         return CutoutBatch.concatenate(pieces)
 
     def _read_piece(self, tile: str, index: int, start: int, stop: int) -> CutoutBatch:
-        group = self._tile(tile)
         for name in self._arrays():
             ndim = 1 + len(layout.IMAGE_SHAPES.get(name, ()))
             if stop > start and not layout.chunk_file(self.path, tile, name, index, ndim).is_file():
@@ -247,7 +256,7 @@ class SurveyStore:
         data = {}
         for name in self._arrays():
             try:
-                data[name] = group[name][start:stop]
+                data[name] = self._array(tile, name)[start:stop]
             except Exception as exc:  # noqa: BLE001 - any decoding failure of one chunk must not stop a run
                 raise ChunkReadError(tile, index, f"array {name!r}: {type(exc).__name__}: {exc}") from exc
         truth = {}
@@ -265,11 +274,10 @@ class SurveyStore:
         n = self.n_cutouts(tile)
         if not 0 <= start <= stop <= n:
             raise IndexError(f"range [{start}, {stop}) outside the {n} committed cutouts of tile {tile!r}")
-        group = self._tile(tile)
         out = {}
         for name in layout.SCALAR_COLUMNS:
             try:
-                out[name] = group[name][start:stop]
+                out[name] = self._array(tile, name)[start:stop]
             except Exception as exc:  # noqa: BLE001 - a decoding failure of one chunk must not stop a run
                 raise ChunkReadError(tile, start // self.chunk_size, f"array {name!r}: {type(exc).__name__}: {exc}") \
                     from exc

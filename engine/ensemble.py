@@ -55,23 +55,15 @@ class TSNEEnsemble:
         self._mean = MeanEnsemble()
 
     def score(self, probs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        n = len(probs)
-        score, _, flags = self._mean.score(probs)
-        complete = np.isfinite(probs).all(axis=1)
-        x = np.full(n, np.nan, np.float32)
-        y = np.full(n, np.nan, np.float32)
-        cell = np.full(n, -1, np.int32)
-        tsne = np.full(n, np.nan, np.float32)
-        if complete.any():
-            out = self.model.score_batch(probs[complete])
-            x[complete], y[complete] = out["x"], out["y"]
-            cell[complete] = out["cell"]
-            tsne[complete] = out["p_lens"]
-            outside = np.zeros(n, bool)
-            outside[complete] = out["outside"]
-            flags = flags | np.where(outside, np.uint32(Flag.OUTSIDE_TSNE_GRID), np.uint32(0))
-            score = np.where(complete, tsne, score).astype(np.float32)
-        return score, {"TSNE_X": x, "TSNE_Y": y, "TSNE_CELL": cell, "P_OU_TSNE": tsne}, flags
+        mean, _, flags = self._mean.score(probs)
+        where = self.model.locate(probs, missing="nan")
+        complete = np.isfinite(where.scores)
+        flags = flags | np.where(where.outside, np.uint32(Flag.OUTSIDE_TSNE_GRID), np.uint32(0))
+        cell = np.where(complete, where.cells[:, 0] * self.model.grid_size + where.cells[:, 1], -1)
+        score = np.where(complete, where.scores, mean).astype(np.float32)
+        extra = {"TSNE_X": where.coords[:, 0].astype(np.float32), "TSNE_Y": where.coords[:, 1].astype(np.float32),
+                 "TSNE_CELL": cell.astype(np.int32), "P_OU_TSNE": where.scores.astype(np.float32)}
+        return score, extra, flags.astype(np.uint32)
 
 
 def load_ensemble(model_names: list[str], models_dir: Path | None, path: str | Path | None = None):

@@ -75,3 +75,18 @@ def store_with_bad_cutouts(tmp_path) -> Path:
     make_store(path)
     corrupt_chunk(path, "T1", 1)
     return path
+
+
+@pytest.fixture(scope="session")
+def seven_models(tmp_path_factory) -> Path:
+    """All seven networks as real ONNX models (randomly initialised, fixed seed)."""
+    torch = pytest.importorskip("torch")
+    from lensengine.engine.specs import MODEL_SPECS
+    from lensengine.training.export import export_onnx
+    from lensengine.training.networks import build_model
+
+    out = tmp_path_factory.mktemp("seven-models")
+    torch.manual_seed(11)
+    for name, spec in MODEL_SPECS.items():
+        export_onnx(build_model(name), spec, out / f"{spec.file_stem}.onnx", source="test (random init)")
+    return out

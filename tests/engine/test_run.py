@@ -161,3 +161,30 @@ def test_bf16_path_agrees_with_fp32(tmp_path, tiny_models):
         diff = np.abs(np.asarray(a[col]) - np.asarray(b[col]))
         assert diff.max() < 0.01, (col, diff.max())
     assert fits.getheader(tmp_path / "bf16.fits", 1)["PRECISN"] == "bf16"
+
+
+def test_ou_tsne_ensemble_columns(tmp_path, seven_models):
+    from lensengine.engine.ou_tsne import OUTSNE
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    P = np.clip(rng.normal(0.3 + 0.4 * y[:, None], 0.1, (300, 7)), 0, 1)
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    for f in seven_models.glob("*"):
+        (model_dir / f.name).symlink_to(f)
+    OUTSNE(grid_size=20, perplexity=10, random_state=0).fit(P, y).save(model_dir / "ou_tsne.npz")
+    store = tmp_path / "s.zarr"
+    make_store(store, tiles=("A",), n_per_tile=16, chunk_size=16)  # includes a NaN-VIS cutout (row 1)
+    result = _run_cli(["--tiles", str(store), "--models", str(model_dir), "--out", str(tmp_path / "c.fits"),
+                       "--threshold", "0"])
+    assert result.exit_code == 0, result.output
+    assert "OU-T-SNE ensemble" in result.output
+    s = _read_scores(tmp_path / "c_scores.parquet")
+    complete = np.isfinite(np.stack([s[c] for c in s.colnames if c.startswith("P_OU_") and c != "P_OU_TSNE"])).all(0)
+    assert not complete[1] and complete[0]
+    # OU-T-SNE scores the complete rows and is the ensemble score there; the mean stands in elsewhere
+    np.testing.assert_array_equal(np.asarray(s["P_ENSEMBLE"])[complete], np.asarray(s["P_OU_TSNE"])[complete])
+    assert np.isnan(s["P_OU_TSNE"][1]) and np.isfinite(s["P_ENSEMBLE"][1]) and s["TSNE_CELL"][1] == -1
+    assert (np.asarray(s["TSNE_CELL"])[complete] >= 0).all()
+    assert fits.getheader(tmp_path / "c.fits", 1)["ENSEMBLE"] == "OU-T-SNE"
