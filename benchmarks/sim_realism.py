@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=600)
     ap.add_argument("--seed", type=int, default=90210)
+    ap.add_argument("--kind", default="mixed", help="simulate this kind (compound sets: recall only)")
     ap.add_argument("--lens-fraction", type=float, default=0.5)
     ap.add_argument("--source-colour", default="mixed")
     ap.add_argument("--store", type=Path, default=None, help="score this store (tile 'sim') instead of simulating")
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     else:
         from lensengine.training.simulate import simulate_batch
 
-        batch = simulate_batch("mixed", args.n, args.seed, lens_fraction=args.lens_fraction,
+        batch = simulate_batch(args.kind, args.n, args.seed, lens_fraction=args.lens_fraction,
                                source_colour=args.source_colour)
     t_sim = time.perf_counter() - t0
     from lensengine.training._sim_report import realism_table, score_published
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     names = [s.strip() for s in args.models.split(",")]
     tables = realism_table(batch, score_published(batch, args.weights, names))
     label = np.asarray(batch.truth["label"]).astype(int)
-    report = {"n": len(batch), "seed": args.seed, "lens_fraction_actual": float(label.mean()),
+    report = {"n": len(batch), "seed": args.seed, "kind": args.kind, "lens_fraction_actual": float(label.mean()),
               "simulate_s": t_sim, "models": tables}
     print(f"{len(batch)} cutouts ({label.mean():.2f} lenses), simulated in {t_sim:.0f} s")
     for n in names:

@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from lensengine.training._sim_physics import (
-    OM0, H0, RAD2ARCSEC, Z_REF, angular_distance, fj_abs_mag, fj_sigma, FJ_SCATTER, sed_table,
+    OM0, H0, RAD2ARCSEC, Z_REF, angular_distance, fj_abs_mag, FJ_SCATTER, sed_table,
     theta_e_reference, theta_e_sis,
 )
 from lensengine.training._sim_render import GRID_X, GRID_Y, Scene, ring, sersic, window
@@ -287,6 +287,8 @@ def sample_compound(rng, kind: str, source_colour="mixed") -> tuple[Scene, Syste
             break
     l1 = sample_deflector(rng, sigma=s_pair[0], z=z_pair[0], x=pos[0][0], y=pos[0][1])
     l2 = sample_deflector(rng, sigma=s_pair[1], z=z_pair[1], x=pos[1][0], y=pos[1][1])
+    for g_ in (l1, l2):  # Table 1: axis ratio 0.3-1, angle 0-π
+        g_.q, g_.phi = rng.uniform(0.3, 1.0), rng.uniform(0, np.pi)
     g = COMPOUND_SHEAR_MAX
     shear = {"gamma1": rng.uniform(-g, g), "gamma2": rng.uniform(-g, g), "ra_0": l1.x, "dec_0": l1.y}
     # lenstronomy multi-plane theta_E is defined for a source at Z_REF: convert
@@ -337,8 +339,8 @@ def sample_non_lens(rng, subtype: str | None = None) -> tuple[Scene, SystemTruth
         face = subtype == "spiral-face-on"
         q = rng.uniform(0.6, 1.0) if face else rng.uniform(0.1, 0.25)
         r_d = main.r_e * rng.uniform(1.2, 2.5)
-        bulge = Galaxy(main.z, main.mags + rng.uniform(0.7, 2.0), main.r_e * 0.4, rng.uniform(2, 4), 1.0 if face else 0.7,
-                       main.phi, x, y)
+        bulge = Galaxy(main.z, main.mags + rng.uniform(0.7, 2.0), main.r_e * 0.4, rng.uniform(2, 4),
+                       1.0 if face else 0.7, main.phi, x, y)
         _add_galaxy(scene, bulge)
         disk_mags = _starforming_mags(rng, main.z, main.mags[0] + rng.uniform(-0.3, 0.8))
         scene.add(sersic(X, Y, r_d, 1.0, q, main.phi, x, y), disk_mags + 0.5)

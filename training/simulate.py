@@ -240,8 +240,8 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
         else:
             from dask.distributed import Client, LocalCluster, as_completed
 
-            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                    Client(cluster) as client:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            with cluster, Client(cluster) as client:
                 futures = [client.submit(simulate_batch, kind, count, seed, start, pure=False, **options)
                            for start, count in blocks]
                 starts = {f.key: s for f, (s, _) in zip(futures, blocks)}
