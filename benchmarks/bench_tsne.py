@@ -103,12 +103,12 @@ def main(argv=None) -> dict:
 
     # grid smoothing: same placements, grid rebuilt with each sigma (cells), scored on the test set
     res["smoothing_sweep"] = {}
-    for sigma in (0.0, 0.5, 1.0, 2.0):
-        loaded.smoothing = sigma
+    for sigma, a in ((0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (1.0, 5.0)):
+        loaded.smoothing, loaded.prior_weight = sigma, a
         loaded._build_grid()
         s_exact = loaded.grid_[exact.cells[:, 0], exact.cells[:, 1]]
         s_fast = loaded.grid_[fast.cells[:, 0], fast.cells[:, 1]]
-        res["smoothing_sweep"][str(sigma)] = {
+        res["smoothing_sweep"][f"smoothing={sigma} prior_weight={a}"] = {
             "auroc_exact": float(roc_auc_score(yt, s_exact)), "f1_exact": float(f1_score(yt, s_exact >= 0.5)),
             "auroc_fast": float(roc_auc_score(yt, s_fast)), "f1_fast": float(f1_score(yt, s_fast >= 0.5)),
             "tpr0_exact": tpr0(yt, s_exact), "tpr0_fast": tpr0(yt, s_fast),
@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
             ("TPR0 exact / fast / best single", f"{res['tpr0_exact']:.4f} / {res['tpr0_fast']:.4f} / "
                                                 f"{res['tpr0_best_single']:.4f}")]
     for sigma, r in res["smoothing_sweep"].items():
-        rows.append((f"smoothing {sigma}: AUROC/F1/TPR0 exact; fast; class agr.",
+        rows.append((f"{sigma}: AUROC/F1/TPR0 exact; fast; class agr.",
                      f"{r['auroc_exact']:.4f}/{r['f1_exact']:.4f}/{r['tpr0_exact']:.4f}; "
                      f"{r['auroc_fast']:.4f}/{r['f1_fast']:.4f}/{r['tpr0_fast']:.4f}; {r['class_agreement']:.4f}"))
     width = max(len(k) for k, _ in rows)
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
         args.json.write_text(json.dumps(res, indent=2))
         print(f"wrote {args.json}")
     if args.save_model:
-        loaded.smoothing = args.smoothing
+        loaded.smoothing, loaded.prior_weight = args.smoothing, 0.0
         loaded._build_grid()
         loaded.save(args.save_model)
         np.savez_compressed(args.save_model.with_suffix(".placements.npz"), Xt=Xt, yt=yt,

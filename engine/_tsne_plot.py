@@ -48,8 +48,9 @@ def plot_model(model, path, *, title: str | None = None, max_points: int = 200_0
     im = ax2.imshow(grid, origin="lower", extent=(x0, x1, y0, y1), cmap="RdBu", vmin=0, vmax=1,
                     interpolation="nearest", aspect="auto")
     filled = ~model.defined_.T
-    ax2.imshow(np.where(filled, 1.0, np.nan), origin="lower", extent=(x0, x1, y0, y1), cmap="Greys",
-               vmin=0, vmax=1, alpha=0.35, interpolation="nearest", aspect="auto")
+    veil = np.zeros(filled.shape + (4,))
+    veil[filled] = (1.0, 1.0, 1.0, 0.5)
+    ax2.imshow(veil, origin="lower", extent=(x0, x1, y0, y1), interpolation="nearest", aspect="auto")
     g = model.grid_.shape[0]
     xs = x0 + (np.arange(g) + 0.5) * (x1 - x0) / g
     ys = y0 + (np.arange(g) + 0.5) * (y1 - y0) / g

@@ -137,9 +137,11 @@ def plot_generated(img: np.ndarray, bands: tuple[str, ...], path, *, title: str 
     k = _input_panels(axes, img, bands)
     if history:
         ax = axes[k]
+        from matplotlib.ticker import AutoLocator
+
         ax.plot(history)
-        ax.set_xticks(ax.get_xticks())
-        ax.set_yticks(ax.get_yticks())
+        ax.xaxis.set_major_locator(AutoLocator())
+        ax.yaxis.set_major_locator(AutoLocator())
         ax.set_xlabel("update", fontsize=8)
         ax.set_title(history_label, fontsize=9)
         ax.tick_params(labelsize=7)

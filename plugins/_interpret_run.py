@@ -144,6 +144,7 @@ def explain_cutouts(model_name: str, net, bands_batch, methods, out_dir, *, obje
             log.warning("%s: cutout %d has bad or missing bands; not explained", model_name, oid)
             continue
         x = x_all[n]
+        log.info("%s: explaining object %d (%s)", model_name, oid, ", ".join(sorted(set(methods) & set(PER_CUTOUT))))
         title = f"{model_name}  object {oid}  P(lens) = {probs[n]:.4f}"
         done: dict[str, Path] = {}
         stem = out / str(oid)
@@ -184,8 +185,10 @@ def _plot_kav_profile(kav: dict[int, np.ndarray], path, title: str) -> Path:
     ax = axes[0]
     for layer, values in kav.items():
         ax.plot(values[0], ".", label=f"layer {layer}")
-    ax.set_xticks(ax.get_xticks())
-    ax.set_yticks(ax.get_yticks())
+    from matplotlib.ticker import AutoLocator
+
+    ax.xaxis.set_major_locator(AutoLocator())
+    ax.yaxis.set_major_locator(AutoLocator())
     ax.set_xlabel("kernel", fontsize=8)
     ax.set_ylabel("KAV (mean pre-ReLU activation)", fontsize=8)
     ax.legend(fontsize=6, ncol=2)

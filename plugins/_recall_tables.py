@@ -63,17 +63,17 @@ def _fmt(v) -> str:
 
 def format_table6(table: dict, models: list[str]) -> str:
     """The paper's Table 6 layout (recall at 0.5), paper rows beside ours, one column per model."""
-    header = f"{'recall at 0.5':24s}" + "".join(f"{m:>9s}" for m in models)
+    header = f"{'recall at 0.5':30s}" + "".join(f"{m:>9s}" for m in models)
     lines = [header, "-" * len(header)]
     for set_name in SETS:
         if set_name not in table:
             continue
         col = _TABLE6_COLUMN[set_name]
         paper = [PAPER_TABLE6[m][col] if m in PAPER_TABLE6 else None for m in models]
-        lines.append(f"{set_name + ' (paper)':24s}" + "".join(f"{_fmt(v):>9s}" for v in paper))
+        lines.append(f"{set_name + ' (paper)':30s}" + "".join(f"{_fmt(v):>9s}" for v in paper))
         ours = [table[set_name].get(m) for m in models]
         label = f"{set_name} (ours, n={table['n'][set_name]})"
-        lines.append(f"{label:24s}" + "".join(f"{_fmt(v):>9s}" for v in ours))
+        lines.append(f"{label:30s}" + "".join(f"{_fmt(v):>9s}" for v in ours))
     return "\n".join(lines)
 
 

@@ -46,6 +46,31 @@ def simulated_set(kind: str, n: int, seed: int, workdir: Path, *, workers: int =
                           overwrite=True)
 
 
+class _progress:
+    """A rich progress bar over a store's cutouts; a no-op when disabled (``--quiet``, not a terminal)."""
+
+    def __init__(self, enabled: bool, store_path, label: str):
+        self.enabled, self.store_path, self.label = enabled, store_path, label
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import Progress
+
+        from lensengine.catalogs.store import SurveyStore
+
+        total = SurveyStore.open(self.store_path).total_cutouts()
+        self._bar = Progress(transient=True)
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.stop()
+        return False
+
+
 def _nan_to_none(obj):
     if isinstance(obj, dict):
         return {k: _nan_to_none(v) for k, v in obj.items()}
@@ -128,7 +153,8 @@ def recall_test_cmd(ctx, models_dir, names, ensemble_path, arcs, rings, singles,
     scored = {}
     for kind, path in sets.items():
         try:
-            scored[kind] = S.score_store(path, entries, name=kind, tsne=tsne)
+            with _progress(not quiet, path, f"scoring {kind}") as advance:
+                scored[kind] = S.score_store(path, entries, name=kind, tsne=tsne, progress=advance)
         except (OSError, ValueError, KeyError) as exc:
             raise click.UsageError(f"{path}: cannot score this store ({exc})")
     table = T.recall_table(scored)

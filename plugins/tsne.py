@@ -180,7 +180,8 @@ def inspect_cmd(model_path: Path, scores_path: Path, region: str, exact: bool, l
     lines = []
     for i in sel:
         r = rows[i]
-        vals = [other[c][r] for c in _INSPECT_EXTRA if c in other]
+        vals = [f"{other[c][r]:.6f}" if isinstance(other[c][r], (float, np.floating)) else other[c][r]
+                for c in _INSPECT_EXTRA if c in other]
         vals += [r, f"{coords[i, 0]:.3f}", f"{coords[i, 1]:.3f}", f"{scores[i]:.4f}", bool(outside[i])]
         vals += [f"{v:.4f}" for v in P[r]]
         lines.append([str(v) for v in vals])

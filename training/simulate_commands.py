@@ -39,7 +39,7 @@ def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, source_colour, workers,
                  published_weights):
     """Simulate Euclid-like cutouts (VIS 200×200 at 0.1″, NISP Y/J/H 66×66 at 0.3″, e-/s) with truth.
 
-    Example: lensengine simulate --kind mixed -n 2000 --seed 1 --out train.zarr --workers 2 --report
+    Example: lensengine simulate --kind mixed -n 2000 --seed 1 --out train.zarr --report
     """
     quiet = bool((ctx.obj or {}).get("quiet"))
     if out.exists() and not overwrite:

@@ -103,6 +103,14 @@ def test_fitted_state_and_grid(clusters_model):
     assert m.prior_ == pytest.approx(0.5)
 
 
+def test_prior_weight_shrinks_towards_the_lens_fraction(clusters_model):
+    m = clone(clusters_model).set_params(prior_weight=2.0)
+    m.__dict__.update({k: v for k, v in clusters_model.__dict__.items() if k.endswith("_")})
+    m._build_grid()
+    d = m.defined_
+    np.testing.assert_allclose(m.grid_[d], (m.lens_counts_[d] + 2.0 * m.prior_) / (m.counts_[d] + 2.0))
+
+
 def test_synthetic_accuracy_both_paths(synth_model):
     Xt, yt = synthetic_scores(300, 1, noise=0.7)
     for exact in (False, True):
