@@ -240,7 +240,8 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
         else:
             from dask.distributed import Client, LocalCluster, as_completed
 
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            # ":0": any free port (the scheduler serves HTTP even without a dashboard)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
             with cluster, Client(cluster) as client:
                 futures = [client.submit(simulate_batch, kind, count, seed, start, pure=False, **options)
                            for start, count in blocks]
