@@ -27,7 +27,7 @@ import numpy as np
 
 from lensengine import __version__
 from lensengine.engine.models import ContractError, ModelEntry, check_bands_available
-from lensengine.engine.scoring import ChunkTask, ModelRef, score_chunk, score_column
+from lensengine.engine.scoring import ChunkTask, ModelRef, score_chunk
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class RunOptions:
     progress: bool = True
     command_line: str = ""
     dashboard: bool = True
+    explain_top: int = 0            # occlusion + Grad-CAM maps for the K best candidates
+    explain_model: str | None = None
 
 
 @dataclass
@@ -231,7 +233,43 @@ def execute_run(opts: RunOptions) -> RunSummary:
     summary.seconds = time.perf_counter() - t0
     _merge(opts, tasks, parts, store, summary)
     shutil.rmtree(parts, ignore_errors=True)
+    if opts.explain_top and summary.n_candidates:
+        explain_candidates(opts, store)
     return summary
+
+
+def explain_candidates(opts: RunOptions, store) -> Path:
+    """Occlusion and guided Grad-CAM maps for the ``explain_top`` best candidates.
+
+    Uses the torch weights kept beside the chosen model (default: OU-200 if run,
+    else the first model), writes ``<out>_explain/`` and records each row's
+    figures in the catalogue's ``EXPLAIN`` column.  Needs torch.
+    """
+    from lensengine.catalogs.catalog import read_catalog, write_table
+    from lensengine.plugins.interpret import explain_cutouts
+    from lensengine.training.export import load_torch_model
+
+    by_name = {m.name: m for m in opts.models}
+    name = opts.explain_model or ("OU-200" if "OU-200" in by_name else opts.models[0].name)
+    if name not in by_name:
+        raise ContractError(f"--explain-model {name} is not among the run's models {sorted(by_name)}")
+    entry = by_name[name]
+    net = load_torch_model(entry.path, entry.name)
+    out_dir = opts.out.with_name(opts.out.stem + "_explain")
+    cat = read_catalog(opts.out)
+    k = min(opts.explain_top, len(cat))
+    files = [""] * len(cat)
+    for i in range(k):
+        tile, row, oid = str(cat["TILE"][i]), int(cat["ROW"][i]), int(cat["OBJECT_ID"][i])
+        batch = store.read(tile, row, row + 1)
+        done = explain_cutouts(entry.name, net, batch, ["occlusion", "gradcam"], out_dir, object_ids=[oid])
+        paths = done.get(oid, {})
+        files[i] = ";".join(str(Path(p).relative_to(opts.out.parent)) for p in paths.values())
+        log.info("explained candidate %d (object %d) with %s", i + 1, oid, name)
+    cat["EXPLAIN"] = files
+    cat.meta["EXPLMOD"] = (name, "model of the EXPLAIN maps (occlusion, Grad-CAM)")
+    write_table(cat, opts.out)
+    return out_dir
 
 
 def _providers(client, task: ChunkTask) -> dict:
@@ -247,12 +285,12 @@ def _providers(client, task: ChunkTask) -> dict:
 
 
 def _provenance(opts: RunOptions, store, summary: RunSummary) -> dict[str, tuple[object, str]]:
-    cards: dict[str, tuple[object, str]] = {
+    from lensengine.catalogs.catalog import standard_provenance
+
+    extra: dict[str, tuple[object, str]] = {
         "SOFTWARE": (f"lensengine {__version__}", "software that made this catalogue"),
         "DATE-RUN": (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC date of the run"),
-        "STORE": (str(Path(opts.store).resolve())[-60:], "input survey store"),
         "SURVEY": (str(store.attrs.get("survey", ""))[:60], "survey of the input store"),
-        "CMDLINE": (opts.command_line[-60:], "command line (tail)"),
         "THRESH": (float(opts.threshold), "candidate threshold on P_ENSEMBLE"),
         "ENSEMBLE": (summary.ensemble, "ensemble score: OU-T-SNE or mean stand-in"),
         "PRECISN": (opts.precision, "fp32 (ONNX Runtime) or bf16 (torch autocast)"),
@@ -261,19 +299,16 @@ def _provenance(opts: RunOptions, store, summary: RunSummary) -> dict[str, tuple
         "NFLAGGED": (summary.n_flagged, "cutouts with a bad-input flag"),
         "NUNREAD": (summary.n_unreadable, "cutouts in unreadable chunks"),
         "NCAND": (summary.n_candidates, "candidates (P_ENSEMBLE >= THRESH)"),
-        "NMODELS": (len(opts.models), "models run"),
     }
-    for i, m in enumerate(opts.models, 1):
-        cards[f"MODEL{i}"] = (m.name, f"model {i} (column {score_column(m.name)})")
-        cards[f"MHASH{i}"] = (m.sha256, f"SHA-256 of {Path(m.path).name}")
     try:
         from lensengine.plugins.manager import get_plugin_manager
 
-        for extra in get_plugin_manager().hook.catalog_provenance():
-            cards.update(extra or {})
+        for cards in get_plugin_manager().hook.catalog_provenance():
+            extra.update(cards or {})
     except ImportError:  # pragma: no cover
         pass
-    return cards
+    return standard_provenance(models=[(m.name, m.sha256) for m in opts.models],
+                               store=str(Path(opts.store).resolve()), command=opts.command_line, extra=extra)
 
 
 def _merge(opts: RunOptions, tasks: list[ChunkTask], parts: Path, store, summary: RunSummary) -> None:

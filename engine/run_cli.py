@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
               help="fp32: ONNX Runtime (portable, exact). bf16: torch autocast on the CPU (needs torch; several "
                    "times faster on AMX/AVX-512-BF16 CPUs, |dP| ~ 1e-3). auto: bf16 where the CPU supports it.")
+@click.option("--explain-top", type=click.IntRange(0), default=0, show_default=True,
+              help="Write occlusion and Grad-CAM maps for the K best candidates (needs torch).")
+@click.option("--explain-model", default=None, help="Model for --explain-top [default: OU-200 if run].")
 @click.option("--resume", is_flag=True, help="Skip the chunks an interrupted run with the same outputs completed.")
 @click.pass_context
 def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, threshold, scheduler, workers,
-            threads, device, batch_size, precision, resume):
+            threads, device, batch_size, precision, explain_top, explain_model, resume):
     """Score every cutout of a survey store and write the candidate catalogue.
 
     Reads the store chunk by chunk on a Dask cluster (local by default, or an
@@ -71,7 +74,8 @@ def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, thr
                           scheduler=scheduler, workers=workers, threads=threads, device=device,
                           batch_size=batch_size, resume=resume, ensemble_path=ensemble_path,
                           precision=resolve_precision(precision, "cpu" if device == "auto" and not _gpu() else device),
-                          progress=not quiet and sys.stderr.isatty(), command_line=command_line())
+                          progress=not quiet and sys.stderr.isatty(), command_line=command_line(),
+                          explain_top=explain_top, explain_model=explain_model)
         summary = execute_run(opts)
     except (ContractError, ValueError, FileNotFoundError, FileExistsError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -104,7 +108,7 @@ def demo_cmd(ctx, out_dir: Path, workers: int):
     click.echo(f"example store: {store}")
     ctx.invoke(run_cmd, store=Path(store), out=out_dir / "candidates.fits", scores=None, models_dir=None,
                model_names=(), ensemble_path=None, threshold=0.5, scheduler=None, workers=workers, threads=0,
-               device="auto", batch_size=32, precision="fp32", resume=False)
+               device="auto", batch_size=32, precision="fp32", explain_top=0, explain_model=None, resume=False)
 
 
 def _gpu() -> bool:

@@ -69,7 +69,7 @@ def test_every_cutout_once_bad_input_flagged(store_with_bad_cutouts, tiny_models
         header = hdul[1].header
         assert header["NCUTOUT"] == 96 and header["NUNREAD"] == 16
         assert header["NSCORED"] == 96 - 16
-        assert header["MODEL1"] == "OU-J" and len(header["MHASH1"]) == 64
+        assert header["MODEL1"] == "OU-J" and len(header["SHA1"]) == 64
         assert header["THRESH"] == 0.0 and "lensengine" in header["SOFTWARE"]
     from astropy.table import QTable
 
@@ -188,3 +188,25 @@ def test_ou_tsne_ensemble_columns(tmp_path, seven_models):
     assert np.isnan(s["P_OU_TSNE"][1]) and np.isfinite(s["P_ENSEMBLE"][1]) and s["TSNE_CELL"][1] == -1
     assert (np.asarray(s["TSNE_CELL"])[complete] >= 0).all()
     assert fits.getheader(tmp_path / "c.fits", 1)["ENSEMBLE"] == "OU-T-SNE"
+
+
+def test_explain_top_writes_maps_for_the_best_candidates(tmp_path, tiny_models):
+    pytest.importorskip("torch")
+    store = tmp_path / "s.zarr"
+    make_store(store, tiles=("A",), n_per_tile=16, chunk_size=16, bad=False)
+    out = tmp_path / "c.fits"
+    result = _run_cli(["--tiles", str(store), "--models", str(tiny_models), "--out", str(out), "--threshold", "0",
+                       "--explain-top", "2", "--explain-model", "OU-JYH"])
+    assert result.exit_code == 0, result.output
+    from lensengine.catalogs.catalog import read_catalog
+
+    cat = read_catalog(out)
+    assert len(cat) == 16 and cat.meta["EXPLMOD"][0] == "OU-JYH"
+    explained = [str(e) for e in cat["EXPLAIN"]]
+    assert all(explained[:2]) and not any(explained[2:])
+    for entry in explained[:2]:
+        files = entry.split(";")
+        assert {Path(f).name.split("_", 1)[1] for f in files} == {"occlusion.png", "gradcam.png"}
+        assert all((tmp_path / f).is_file() for f in files)
+    # provenance survives the rewrite
+    assert fits.getheader(out, 1)["NCUTOUT"] == 16
