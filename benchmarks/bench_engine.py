@@ -90,7 +90,7 @@ def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision
 
 def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int = 2) -> dict:
     """Seven models on preprocessed in-memory arrays (batch 32), no I/O, no preprocessing."""
-    from lensengine.engine.scoring import ChunkTask, ModelRef, _runner
+    from lensengine.engine.scoring import ChunkTask, _runner
 
     entries = discover_models(models_dir)
     rng = np.random.default_rng(1)
@@ -102,7 +102,7 @@ def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int =
     per_model, outputs = {}, {}
     total = 0.0
     for e in entries:
-        run = _runner(ModelRef(e.name, str(e.path), e.bands, e.stamp, e.architecture), task)
+        run = _runner(e, task)
         x = prepared.inputs[e.name]
         run(x[:16])
         t0 = time.perf_counter()

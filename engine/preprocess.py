@@ -175,8 +175,3 @@ class Preprocessor:
             flags |= band_flags[b]
         return PreparedBatch(inputs=inputs, usable=usable, flags=flags)
 
-
-def preprocess_model_input(spec: ModelSpec, bands: dict[str, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Convenience for one model: returns ``(x, usable)``."""
-    batch = Preprocessor([spec])(bands)
-    return batch.inputs[spec.name], batch.usable[spec.name]

@@ -13,6 +13,7 @@ once: scored, or flagged with a reason.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -27,7 +28,7 @@ import numpy as np
 
 from lensengine import __version__
 from lensengine.engine.models import ContractError, ModelEntry, check_bands_available
-from lensengine.engine.scoring import ChunkTask, ModelRef, score_chunk
+from lensengine.engine.scoring import ChunkTask, score_chunk
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ def plan_run(opts: RunOptions):
     names = [m.name for m in opts.models]
     ensemble = load_ensemble(names, opts.models_dir, opts.ensemble_path)
     ensemble_path = str(getattr(ensemble, "path", "")) or None
-    refs = tuple(ModelRef(m.name, str(Path(m.path).resolve()), m.bands, m.stamp, m.architecture or
-                          ("OU-66" if m.stamp == 66 else "OU-200")) for m in opts.models)
+    refs = tuple(dataclasses.replace(m, path=Path(m.path).resolve()) for m in opts.models)
     tasks = [
         ChunkTask(str(Path(opts.store).resolve()), tile, i, start, stop, refs, opts.device, opts.threads,
                   opts.batch_size, ensemble_path, opts.precision)
@@ -278,7 +278,7 @@ def _providers(client, task: ChunkTask) -> dict:
 
     m = task.models[0]
     try:
-        return client.run(session_provider, m.path, task.device, task.threads)
+        return client.run(session_provider, str(m.path), task.device, task.threads)
     except Exception as exc:  # noqa: BLE001 - reporting only; the tasks will raise the real error
         log.warning("could not query the workers' execution providers: %s", exc)
         return {}

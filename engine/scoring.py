@@ -17,27 +17,13 @@ import numpy as np
 
 from lensengine.catalogs.catalog import score_column
 from lensengine.catalogs.flags import Flag, describe
+from lensengine.engine.models import ModelEntry
 from lensengine.engine.preprocess import Preprocessor
 from lensengine.engine.sessions import get_session
-from lensengine.engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelRef", "ChunkTask", "score_chunk", "score_column"]
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a worker needs to build a model's session: plain, picklable data."""
-
-    name: str
-    path: str
-    bands: tuple[str, ...]
-    stamp: int
-    architecture: str
-
-    def spec(self) -> ModelSpec:
-        return ModelSpec(self.name, self.architecture, self.bands, 0)
+__all__ = ["ChunkTask", "score_chunk"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +33,7 @@ class ChunkTask:
     index: int
     start: int
     stop: int
-    models: tuple[ModelRef, ...]
+    models: tuple[ModelEntry, ...]
     device: str = "auto"
     threads: int = 0
     batch_size: int = 32
@@ -74,8 +60,8 @@ def _ensemble(path: str | None, names: tuple[str, ...]):
 
 
 @lru_cache(maxsize=8)
-def _preprocessor(models: tuple[ModelRef, ...]) -> Preprocessor:
-    return Preprocessor([m.spec() for m in models])
+def _preprocessor(models: tuple[ModelEntry, ...]) -> Preprocessor:
+    return Preprocessor([m.as_spec() for m in models])
 
 
 def _index_rows(store, task: ChunkTask) -> dict[str, np.ndarray]:
@@ -100,13 +86,13 @@ def _run_model(runner, x: np.ndarray, usable: np.ndarray) -> np.ndarray:
     return out
 
 
-def _runner(model: ModelRef, task: ChunkTask):
+def _runner(model: ModelEntry, task: ChunkTask):
     """A callable x -> P(lens) for one model in the task's precision (cached per process)."""
     if task.precision == "bf16":
         from lensengine.engine.reduced import bf16_runner
 
-        return bf16_runner(model.path, model.name, task.threads)
-    sess = get_session(model.path, task.device, task.threads, model.name)
+        return bf16_runner(str(model.path), model.name, task.threads)
+    sess = get_session(str(model.path), task.device, task.threads, model.name)
     return lambda x: sess.run(["p_lens"], {"cutout": x})[0]
 
 

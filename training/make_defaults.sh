@@ -19,9 +19,9 @@ shared=${LENSENGINE_SHARED:-$repo/../shared}
 mkdir -p "$work"
 cd "$work"
 
-[ -f val.zarr/zarr.json ] || lensengine -q simulate --kind mixed -n 2000 --seed 202 --out val.zarr --workers 2
-[ -f train.zarr/zarr.json ] || lensengine -q simulate --kind mixed -n 8000 --seed 101 --out train.zarr --workers 2
-[ -f test.zarr/zarr.json ] || lensengine -q simulate --kind mixed -n 2000 --seed 303 --out test.zarr --workers 2
+[ -f val.zarr/zarr.json ] || lensengine -q simulate --kind mixed -n 2000 --seed 202 --out val.zarr --workers 1
+[ -f train.zarr/zarr.json ] || lensengine -q simulate --kind mixed -n 8000 --seed 101 --out train.zarr --workers 1
+[ -f test.zarr/zarr.json ] || lensengine -q simulate --kind mixed -n 2000 --seed 303 --out test.zarr --workers 1
 
 for model in OU-J OU-Y OU-H OU-JYH OU-66 OU-VIS OU-200; do
   case $model in OU-VIS|OU-200) budget=$min200 ;; *) budget=$min66 ;; esac
