@@ -90,13 +90,15 @@ def tsne_group() -> None:
               help="t-SNE perplexity.")
 @click.option("--smoothing", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Gaussian smoothing of the cell counts (cells); 0 = the paper's plain lens fraction.")
+@click.option("--prior-weight", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Pseudo-count pulling cell values towards the training lens fraction; 0 = the paper.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (openTSNE).")
 @click.option("--jobs", default=1, show_default=True, type=int, help="Threads for openTSNE.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the embedding/grid figure (PNG).")
 @click.pass_context
 def fit_cmd(ctx: click.Context, scores_path: Path, out_path: Path, grid_size: int, perplexity: float,
-            smoothing: float, seed: int, jobs: int, plot_path: Path | None) -> None:
+            smoothing: float, prior_weight: float, seed: int, jobs: int, plot_path: Path | None) -> None:
     """Fit OU-T-SNE on a labelled score table and save it.
 
     Example: lensengine tsne fit --scores train_scores.parquet --out ou_tsne.npz --plot ou_tsne.png
@@ -113,7 +115,8 @@ def fit_cmd(ctx: click.Context, scores_path: Path, out_path: Path, grid_size: in
         raise click.UsageError(f"{LABEL_COLUMN} must be 0 or 1; found {np.unique(y)[:10].tolist()}")
     if len(P) < 4:
         raise click.UsageError(f"{scores_path} has {len(P)} usable rows; OU-T-SNE needs at least 4")
-    model = OUTSNE(grid_size=grid_size, perplexity=perplexity, smoothing=smoothing, random_state=seed,
+    model = OUTSNE(grid_size=grid_size, perplexity=perplexity, smoothing=smoothing, prior_weight=prior_weight,
+                   random_state=seed,
                    n_jobs=jobs, verbose=True)
     quiet = (ctx.find_root().obj or {}).get("quiet", False) or not sys.stderr.isatty()
     t0 = time.perf_counter()

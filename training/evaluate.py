@@ -42,7 +42,7 @@ SUMMARY_KEYS = ("n", "auroc", "f1", "fbeta", "precision", "recall", "accuracy", 
 #: Bin edges for recall split by numeric truth columns.
 TRUTH_BINS = {
     "theta_e": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 10.0],
-    "arc_snr": [0.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1e9],
+    "arc_snr": [0.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 1e9],
 }
 #: Categorical truth columns for recall split by value.
 TRUTH_CATEGORIES = ("source_colour", "kind")

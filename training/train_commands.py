@@ -40,11 +40,15 @@ def _quiet(ctx: click.Context) -> bool:
 @click.option("--max-time", "max_time", type=float, default=None,
               help="Minutes per model for this invocation; stops cleanly between epochs (resume later).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
+@click.option("--cache", type=click.Choice(["auto", "prepared", "raw"]), default="auto", show_default=True,
+              help="Hold preprocessed inputs (prepared) or native bands preprocessed per batch (raw); "
+                   "auto: prepared when it fits --max-memory-gb.")
+@click.option("--max-memory-gb", type=float, default=6.0, show_default=True, help="Budget for the prepared cache.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly.")
 @click.option("--no-export", is_flag=True, help="Do not export the best weights to ONNX at the end.")
 @click.pass_context
 def train_cmd(ctx, model, all_models, data, val, out, epochs, batch_size, lr, seed, val_fraction, device, precision,
-              max_train, max_val, early_stop, max_time, threads, resume, no_export):
+              max_train, max_val, early_stop, max_time, threads, cache, max_memory_gb, resume, no_export):
     """Train a lens-finding CNN with the paper's recipe (Adam 3e-4, class-weighted cross-entropy).
 
     Keeps the weights of the lowest validation loss, logs every epoch to OUT/log.csv,
@@ -66,7 +70,8 @@ def train_cmd(ctx, model, all_models, data, val, out, epochs, batch_size, lr, se
         log.warning("--batch-size %d applies to both families under --all", batch_size)
     cfg = TrainConfig(model=model or "OU-66", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       val_fraction=val_fraction, max_train=max_train, max_val=max_val, early_stop=early_stop,
-                      max_time_min=max_time, precision=precision, device=device, num_threads=threads)
+                      max_time_min=max_time, precision=precision, device=device, num_threads=threads,
+                      cache=cache, max_memory_gb=max_memory_gb)
     progress = not _quiet(ctx)
     try:
         if all_models:
