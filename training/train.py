@@ -79,6 +79,8 @@ class TrainConfig:
     max_memory_gb: float = 6.0         # budget for the prepared cache when cache="auto"
     prefetch: int = 3                  # batches assembled ahead on a background thread
     num_threads: int | None = None     # torch intra-op threads (None: torch default)
+    init_from: str = ""                # "": He-normal init; else a directory of the published OU_*_Weights.pt
+                                       # to fine-tune from (recorded in the exported model's config)
     train_store: str = ""              # informational: where the data came from
     val_store: str = ""
 
@@ -321,7 +323,13 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     criterion = nn.CrossEntropyLoss(weight=weights, reduction="none")
 
     torch.manual_seed(cfg.seed)
-    net = build_model(spec).to(device)
+    net = build_model(spec)
+    if cfg.init_from and ckpt is None:
+        from lensengine.training.export import load_published
+
+        net.load_state_dict(load_published(cfg.init_from, spec.name).state_dict())
+        log.info("%s: initialised from the published weights in %s", spec.name, cfg.init_from)
+    net = net.to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

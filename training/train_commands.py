@@ -44,11 +44,14 @@ def _quiet(ctx: click.Context) -> bool:
               help="Hold preprocessed inputs (prepared) or native bands preprocessed per batch (raw); "
                    "auto: prepared when it fits --max-memory-gb.")
 @click.option("--max-memory-gb", type=float, default=6.0, show_default=True, help="Budget for the prepared cache.")
+@click.option("--init-from", "init_from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Fine-tune from the paper's published weights in this directory (OU_*_Weights.pt) "
+                   "instead of a He-normal initialisation.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly.")
 @click.option("--no-export", is_flag=True, help="Do not export the best weights to ONNX at the end.")
 @click.pass_context
 def train_cmd(ctx, model, all_models, data, val, out, epochs, batch_size, lr, seed, val_fraction, device, precision,
-              max_train, max_val, early_stop, max_time, threads, cache, max_memory_gb, resume, no_export):
+              max_train, max_val, early_stop, max_time, threads, cache, max_memory_gb, init_from, resume, no_export):
     """Train a lens-finding CNN with the paper's recipe (Adam 3e-4, class-weighted cross-entropy).
 
     Keeps the weights of the lowest validation loss, logs every epoch to OUT/log.csv,
@@ -71,7 +74,7 @@ def train_cmd(ctx, model, all_models, data, val, out, epochs, batch_size, lr, se
     cfg = TrainConfig(model=model or "OU-66", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       val_fraction=val_fraction, max_train=max_train, max_val=max_val, early_stop=early_stop,
                       max_time_min=max_time, precision=precision, device=device, num_threads=threads,
-                      cache=cache, max_memory_gb=max_memory_gb)
+                      cache=cache, max_memory_gb=max_memory_gb, init_from=str(init_from or ""))
     progress = not _quiet(ctx)
     try:
         if all_models:
