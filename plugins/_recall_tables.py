@@ -10,22 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lensengine.training.metrics import PAPER_TABLE6
+
 __all__ = ["THRESHOLD", "SETS", "PAPER_TABLE6", "PAPER_TABLE7", "recall", "recall_table", "format_table6",
            "format_table7", "selection_function", "selection_variables", "write_selection", "plot_selection"]
 
 THRESHOLD = 0.5
 SETS = ("compound-arcs", "double-rings")
 
-#: Paper Table 6, recall at 0.5: (train, test, compound arcs, double rings).
-PAPER_TABLE6 = {
-    "OU-J": (0.3636, 0.3989, 0.5111, 0.5393),
-    "OU-Y": (0.2585, 0.2752, 0.4083, 0.4667),
-    "OU-H": (0.4476, 0.4772, 0.0706, 0.0908),
-    "OU-JYH": (0.3170, 0.3555, 0.7771, 0.7461),
-    "OU-VIS": (0.2597, 0.2495, 0.1684, 0.1618),
-    "OU-66": (0.3807, 0.2180, 0.6291, 0.4742),
-    "OU-200": (0.4004, 0.4423, 0.7505, 0.5567),
-}
 #: Paper Table 7, P(lens) of known compound lenses: name -> (OU-66, OU-200).
 PAPER_TABLE7 = {
     "SL2S J02176-0513": (0.9993, 0.9852),
@@ -33,7 +25,7 @@ PAPER_TABLE7 = {
     "SDSS J1148+1930": (1.0000, 0.9953),
     "SDSS J0946+1006": (0.6873, 0.8228),
 }
-_TABLE6_COLUMN = {"compound-arcs": 2, "double-rings": 3}
+_TABLE6_COLUMN = {"compound-arcs": "compound_arcs", "double-rings": "double_rings"}
 
 
 def recall(p: np.ndarray, lenses: np.ndarray | None = None, threshold: float = THRESHOLD) -> float:
