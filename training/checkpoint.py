@@ -118,6 +118,8 @@ def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path) -> Path
     net = build_model(spec)
     net.load_state_dict(ckpt.get("best_state") or ckpt["model_state"], strict=True)
     net.eval()
-    return export_onnx(net, spec, out_path, source="trained here", training_config=ckpt.get("config"),
+    config = ckpt.get("config") or {}
+    source = "trained here (fine-tuned from the published weights)" if config.get("init_from") else "trained here"
+    return export_onnx(net, spec, out_path, source=source, training_config=ckpt.get("config"),
                        metrics=checkpoint_metrics(ckpt),
                        extra={"checkpoint": Path(checkpoint_path).name})
