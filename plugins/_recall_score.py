@@ -66,7 +66,7 @@ def _run(session, x: np.ndarray, usable: np.ndarray, batch_size: int) -> np.ndar
     return out
 
 
-def score_store(store_path, entries, *, name: str = "", tsne=None, batch_size: int = 64, device: str = "auto",
+def score_store(store_path, entries, *, name: str = "", tsne=None, batch_size: int = 32, device: str = "auto",
                 limit: int | None = None, progress=None) -> ScoredSet:
     """Score every committed cutout of a store with ``entries`` (ModelEntry) and, if given, OU-T-SNE.
 

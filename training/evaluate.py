@@ -96,18 +96,16 @@ class ScoreSet:
 
 
 def _session(path: Path):
-    import onnxruntime as ort
+    from lensengine.engine.sessions import get_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return get_session(str(path), "cpu")
 
 
 def _spec_key(entry: ModelEntry) -> tuple:
     return (tuple(entry.bands), int(entry.stamp))
 
 
-def score_store(sources: list[ModelSource], store, *, batch_size: int = 256, progress=None) -> ScoreSet:
+def score_store(sources: list[ModelSource], store, *, batch_size: int = 32, progress=None) -> ScoreSet:
     """Score every labelled cutout of ``store`` with every model of ``sources`` (chunk by chunk)."""
     from lensengine.catalogs.store import SurveyStore
     from lensengine.training.data import iter_store_chunks
