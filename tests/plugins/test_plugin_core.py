@@ -33,7 +33,7 @@ PLUGIN_SOURCE = textwrap.dedent(
     @hookimpl
     def register_models():
         from lensengine.engine.models import load_entry
-        return [load_entry(HERE / "thirdparty_models" / "OU_J.onnx")]
+        return [load_entry(HERE / "thirdparty_models" / "ACME_J.onnx")]
 
 
     @hookimpl
@@ -63,15 +63,17 @@ def _run(args, site: Path) -> subprocess.CompletedProcess:
 
 def test_third_party_plugin_adds_a_model_and_a_command(tmp_path):
     torch = pytest.importorskip("torch")
-    from lensengine.engine.specs import MODEL_SPECS
+    from lensengine.engine.specs import ModelSpec
     from lensengine.training.export import export_onnx
-    from lensengine.training.networks import build_model
+    from lensengine.training.networks import LensCNN
 
     site = tmp_path / "site"
     site.mkdir()
     _install_fake_distribution(site)
     torch.manual_seed(0)
-    export_onnx(build_model("OU-J"), MODEL_SPECS["OU-J"], site / "thirdparty_models" / "OU_J.onnx",
+    # a third party's own network: the OU-66 architecture on the J band, under its own name
+    spec = ModelSpec("ACME-J", "OU-66", ("J",), 0)
+    export_onnx(LensCNN("OU-66", 1), spec, site / "thirdparty_models" / "ACME_J.onnx",
                 source="third-party test plugin")
 
     listed = _run(["plugins", "--json"], site)
@@ -87,7 +89,7 @@ def test_third_party_plugin_adds_a_model_and_a_command(tmp_path):
     models = _run(["models", "list", "--json"], site)
     assert models.returncode == 0, models.stderr
     entries = [m for m in json.loads(models.stdout) if m["source"] == "third-party test plugin"]
-    assert [m["name"] for m in entries] == ["OU-J"]
+    assert [m["name"] for m in entries] == ["ACME-J"]
 
 
 def test_builtins_register_through_the_same_hooks():
