@@ -53,20 +53,24 @@ def corrupt_chunk(store_path: Path, tile: str, index: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> Path:
-    """Three real ONNX models (randomly initialised, fixed seed): OU-J, OU-JYH (66 px) and OU-VIS (200 px)."""
+def _export_random_models(out: Path, names, seed: int) -> Path:
+    """Real ONNX models of the given networks, randomly initialised with a fixed seed."""
     torch = pytest.importorskip("torch")
     from lensengine.engine.specs import MODEL_SPECS
     from lensengine.training.export import export_onnx
     from lensengine.training.networks import build_model
 
-    out = tmp_path_factory.mktemp("tiny-models")
-    torch.manual_seed(7)
-    for name in ("OU-J", "OU-JYH", "OU-VIS"):
+    torch.manual_seed(seed)
+    for name in names:
         spec = MODEL_SPECS[name]
         export_onnx(build_model(name), spec, out / f"{spec.file_stem}.onnx", source="test (random init)")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """Three real ONNX models: OU-J, OU-JYH (66 px) and OU-VIS (200 px)."""
+    return _export_random_models(tmp_path_factory.mktemp("tiny-models"), ("OU-J", "OU-JYH", "OU-VIS"), 7)
 
 
 @pytest.fixture
@@ -79,14 +83,7 @@ def store_with_bad_cutouts(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def seven_models(tmp_path_factory) -> Path:
-    """All seven networks as real ONNX models (randomly initialised, fixed seed)."""
-    torch = pytest.importorskip("torch")
-    from lensengine.engine.specs import MODEL_SPECS
-    from lensengine.training.export import export_onnx
-    from lensengine.training.networks import build_model
+    """All seven networks as real ONNX models."""
+    from lensengine.engine.specs import MODEL_NAMES
 
-    out = tmp_path_factory.mktemp("seven-models")
-    torch.manual_seed(11)
-    for name, spec in MODEL_SPECS.items():
-        export_onnx(build_model(name), spec, out / f"{spec.file_stem}.onnx", source="test (random init)")
-    return out
+    return _export_random_models(tmp_path_factory.mktemp("seven-models"), MODEL_NAMES, 11)
