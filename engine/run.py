@@ -70,6 +70,7 @@ class RunSummary:
     n_candidates: int = 0
     n_chunks: int = 0
     n_resumed: int = 0
+    n_resumed_cutouts: int = 0
     seconds: float = 0.0
     ensemble: str = "mean"
     providers: dict = field(default_factory=dict)
@@ -78,8 +79,6 @@ class RunSummary:
     @property
     def rate(self) -> float:
         return (self.n_cutouts - self.n_resumed_cutouts) / self.seconds if self.seconds else 0.0
-
-    n_resumed_cutouts: int = 0
 
 
 def plan_run(opts: RunOptions):

@@ -68,14 +68,12 @@ def _index_rows(store, task: ChunkTask) -> dict[str, np.ndarray]:
     """Object IDs and positions of a chunk whose images cannot be read (-1 / NaN where unknowable)."""
     n = task.stop - task.start
     out = {"OBJECT_ID": np.full(n, -1, np.int64), "RA": np.full(n, np.nan), "DEC": np.full(n, np.nan)}
-    read_index = getattr(store, "read_index", None)
-    if read_index is not None:
-        try:
-            index = read_index(task.tile, task.start, task.stop)
-            out.update(OBJECT_ID=index["object_id"].astype(np.int64), RA=index["ra"].astype(np.float64),
-                       DEC=index["dec"].astype(np.float64))
-        except Exception as exc:  # noqa: BLE001 - the index is best effort for a corrupt chunk
-            log.warning("chunk %s: index columns unreadable too (%s)", task.key, exc)
+    try:
+        index = store.read_index(task.tile, task.start, task.stop)
+        out.update(OBJECT_ID=index["object_id"].astype(np.int64), RA=index["ra"].astype(np.float64),
+                   DEC=index["dec"].astype(np.float64))
+    except Exception as exc:  # noqa: BLE001 - the index is best effort for a corrupt chunk
+        log.warning("chunk %s: index columns unreadable too (%s)", task.key, exc)
     return out
 
 
@@ -151,7 +149,9 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
 
 def _finish(rows: dict, store, task: ChunkTask, truth) -> dict[str, np.ndarray]:
     n = task.stop - task.start
-    rows["FLAG_TEXT"] = np.array([describe(f) for f in rows["FLAGS"]], dtype=object)
+    # a chunk holds few distinct flag values: describe each once, not once per cutout
+    values, inverse = np.unique(rows["FLAGS"], return_inverse=True)
+    rows["FLAG_TEXT"] = np.array([describe(v) for v in values], dtype=object)[inverse.ravel()]
     for name, dtype in store.truth_columns.items():
         col = f"TRUTH_{name.upper()}"
         if truth is not None and name in truth:
