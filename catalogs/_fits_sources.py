@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lensengine.engine.specs import BANDS, PIXEL_SCALE
+from lensengine.catalogs.vocabulary import BANDS, PIXEL_SCALE
 
 log = logging.getLogger(__name__)
 

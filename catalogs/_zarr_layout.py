@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lensengine.engine.specs import NATIVE_STAMP, NISP_BANDS
+from lensengine.catalogs.vocabulary import NATIVE_STAMP, NISP_BANDS
 
 FORMAT_NAME = "lensengine-survey-store"
 FORMAT_VERSION = 1

@@ -24,7 +24,7 @@ from lensengine.catalogs.flags import describe
 
 __all__ = ["score_column", "ScoreTableWriter", "read_scores", "write_candidates", "standard_provenance",
            "read_catalog",
-           "write_table", "iau_name", "describe_file", "COLUMN_DESCRIPTIONS"]
+           "write_table", "fits_text", "temporary_path", "iau_name", "describe_file", "COLUMN_DESCRIPTIONS"]
 
 ENSEMBLE_COLUMN = "P_ENSEMBLE"
 COLUMN_DESCRIPTIONS = {
@@ -63,7 +63,12 @@ def describe_column(name: str) -> str:
     return ""
 
 
-def _tmp_path(path: Path) -> Path:
+def temporary_path(path: Path) -> Path:
+    """The hidden temporary beside ``path`` that this process writes before renaming it into place.
+
+    The name ``.<name>.tmp-<pid>`` lets a later run find (and remove) the leftovers of a killed one.
+    """
+    path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
@@ -86,32 +91,51 @@ def _arrow_type(dtype):
 class ScoreTableWriter:
     """Write a Parquet score table incrementally (one row group per batch); tmp + rename on close.
 
-    ``schema_columns`` maps column name to a dtype string (``"int64"``, ``"float32"``, ``"str"`` ...);
-    without it the schema is inferred from the first batch.  ``metadata`` (flat str -> str) goes into
-    the file's key-value metadata (provenance).  Use as a context manager: on an exception the
-    temporary file is removed and nothing appears at ``path``.
+    The columns come from ``schema`` (a ``pyarrow.Schema``, e.g. the engine's row schema, so every
+    batch is checked against the same columns whatever produced it), else from ``schema_columns``
+    (name -> dtype string: ``"int64"``, ``"float32"``, ``"str"`` ...), else from the first batch.
+    Columns of the first batch beyond ``schema`` (plugin columns) are appended to it.  ``metadata``
+    (flat str -> str, e.g. provenance) goes into the schema's metadata.  Use as a context manager: on an exception
+    the temporary file is removed and nothing appears at ``path``.  :meth:`finish` completes the
+    temporary file without moving it, for a caller that commits several outputs together.
     """
 
-    def __init__(self, path, schema_columns: dict[str, str] | None = None, metadata: dict[str, str] | None = None):
+    def __init__(self, path, schema_columns: dict[str, str] | None = None, metadata: dict[str, str] | None = None,
+                 schema=None):
         self.path = Path(path)
         self.schema_columns = dict(schema_columns) if schema_columns else None
+        self.base_schema = schema
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-        self._tmp = _tmp_path(self.path)
+        self.tmp_path = temporary_path(self.path)
         self._writer = None
         self._schema = None
+        self._finished = False
         self.n_rows = 0
 
-    def _open(self, batch: dict[str, np.ndarray]) -> None:
+    def _open(self, batch: dict[str, np.ndarray] | None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = self.schema_columns or {k: np.asarray(v).dtype for k, v in batch.items()}
-        fields = [pa.field(name, _arrow_type(dtype), metadata={"description": describe_column(name)})
-                  for name, dtype in columns.items()]
-        meta = {"lensengine.kind": "score-table", **self.metadata}
-        self._schema = pa.schema(fields, metadata=meta)
+        if self.base_schema is not None:
+            fields = [f.with_metadata({"description": describe_column(f.name)}) for f in self.base_schema]
+            known = set(self.base_schema.names)
+            fields += [pa.field(name, _arrow_type(np.asarray(values).dtype),
+                                metadata={"description": describe_column(name)})
+                       for name, values in (batch or {}).items() if name not in known]
+        else:
+            if batch is None and self.schema_columns is None:
+                raise ValueError(f"score table {self.path}: nothing was written (no batch, so no schema)")
+            columns = self.schema_columns or {k: np.asarray(v).dtype for k, v in batch.items()}
+            fields = [pa.field(name, _arrow_type(dtype), metadata={"description": describe_column(name)})
+                      for name, dtype in columns.items()]
+        self._schema = pa.schema(fields, metadata={"lensengine.kind": "score-table", **self.metadata})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self.tmp_path, self._schema, compression="zstd")
+
+    @property
+    def schema(self):
+        """The table's ``pyarrow.Schema`` (None before the first batch)."""
+        return self._schema
 
     def write(self, batch: dict[str, np.ndarray]) -> None:
         """Append one batch (dict of equal-length arrays) as a row group."""
@@ -136,17 +160,26 @@ class ScoreTableWriter:
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
         self.n_rows += lengths.pop() if lengths else 0
 
+    def finish(self) -> Path:
+        """Complete the temporary file (footer and metadata) without moving it; returns its path."""
+        if self._writer is None:
+            self._open(None)
+        self._writer.close()
+        self._finished = True
+        return self.tmp_path
+
     def close(self) -> None:
         """Finish the file and move it into place."""
-        if self._writer is None:
-            raise ValueError(f"score table {self.path}: nothing was written (no batch, so no schema)")
-        self._writer.close()
-        os.replace(self._tmp, self.path)
+        if not self._finished:
+            self.finish()
+        os.replace(self.tmp_path, self.path)
 
     def abort(self) -> None:
-        if self._writer is not None:
+        """Drop the temporary file (finished or not)."""
+        if self._writer is not None and not self._finished:
             self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        self._finished = True
+        self.tmp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "ScoreTableWriter":
         return self
@@ -206,6 +239,22 @@ def iau_name(ra_deg, dec_deg, prefix: str = "LENS") -> list[str]:
     return out
 
 
+def fits_text(value: str) -> str:
+    """``value`` as printable ASCII for FITS (headers and table strings allow nothing else).
+
+    Other characters become Python-style escapes (``"\\x07"``, ``"\\xc4"``, ``"\\u2603"``), so the text
+    stays readable and distinct; the score table (Parquet, UTF-8) keeps the original.
+    """
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in str(value))
+
+
+def _fits_strings(values) -> np.ndarray:
+    """A string column FITS can store: printable ASCII, at least one character wide (an empty table too)."""
+    text = [fits_text(v) for v in np.asarray(values).tolist()]
+    width = max([1, *map(len, text)])
+    return np.array(text, dtype=f"U{width}")
+
+
 def _card(key: str, value, comment: str):
     """A FITS card whose comment is shortened to fit (no truncation warnings)."""
     from astropy.io import fits
@@ -220,9 +269,10 @@ def _card(key: str, value, comment: str):
     if value is None:
         value = ""
     if isinstance(value, str):
-        value = value.encode("ascii", "replace").decode()
+        value = fits_text(value)
+    comment = fits_text(comment)
     used = len(str(fits.Card(key, value)).rstrip())
-    room = 80 - used - 3 if used <= 80 else 0
+    room = 80 - max(used, 30) - 3 if used <= 80 else 0  # a comment starts at column 32 at the earliest
     comment = comment[:room] if room > 0 else ""
     return fits.Card(key, value, comment)
 
@@ -237,6 +287,9 @@ def write_table(table, path) -> None:
     path = Path(path)
     plain = table.copy(copy_data=False)
     plain.meta = {}
+    for name in plain.colnames:
+        if plain[name].dtype.kind in "OU":
+            plain[name] = _fits_strings(plain[name])
     hdu = fits.table_to_hdu(plain)
     for i, name in enumerate(table.colnames, start=1):
         desc = getattr(table[name].info, "description", None) or describe_column(name)
@@ -245,7 +298,7 @@ def write_table(table, path) -> None:
     for key, item in table.meta.items():
         value, comment = item if isinstance(item, tuple) and len(item) == 2 else (item, "")
         hdu.header.append(_card(str(key).upper(), value, comment))
-    tmp = _tmp_path(path)
+    tmp = temporary_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)

@@ -27,6 +27,8 @@ class Flag(enum.IntFlag):
     EDGE_CLIPPED = 1 << 17      # the stamp runs off the mosaic edge (padded)
     OUTSIDE_TSNE_GRID = 1 << 18  # the OU-T-SNE embedding fell outside the fitted grid
     PARTIAL_SCORES = 1 << 19    # some models could not score the cutout (their band is bad)
+    # a model returned NaN or a value outside [0, 1] for the cutout: that model's score is withheld
+    BAD_MODEL_OUTPUT = 1 << 6
 
 
 #: Bits that stop a cutout from being scored by a model that reads the band.

@@ -31,7 +31,7 @@ from lensengine.catalogs import _fits_sources as src
 from lensengine.catalogs._resample import cut_and_resample
 from lensengine.catalogs.flags import Flag
 from lensengine.catalogs.store import CutoutBatch, SurveyStore
-from lensengine.engine.specs import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
+from lensengine.catalogs.vocabulary import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
 
 __all__ = ["FILL_ORDER", "IngestResult", "make_cutout", "ingest_fits", "detect_layout"]
 

@@ -15,6 +15,7 @@ reports the chunks of an unfinished write.  One writer per tile at a time.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 
 from lensengine.catalogs import _zarr_layout as layout
 from lensengine.catalogs._zarr_layout import FORMAT_NAME, FORMAT_VERSION
-from lensengine.engine.specs import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
+from lensengine.catalogs.vocabulary import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
 
 __all__ = ["FORMAT_VERSION", "CutoutBatch", "SurveyStore", "ChunkReadError"]
 
@@ -208,6 +209,92 @@ class SurveyStore:
 
     def total_cutouts(self) -> int:
         return sum(self.n_cutouts(t) for t in self.tiles)
+
+    def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every array a tile must hold: ``{path: (cutout shape, dtype)}`` from the format and the store's attributes."""
+        out: dict[str, tuple[tuple[int, ...], str]] = {}
+        for name in ("vis", "nisp"):
+            if (name == "vis" and self.has_vis) or (name == "nisp" and self.has_nisp):
+                out[name] = (layout.IMAGE_SHAPES[name], "float32")
+        for name, dtype in layout.SCALAR_COLUMNS.items():
+            out[name] = ((), dtype)
+        for name, dtype in self.truth_columns.items():
+            out[f"truth/{name}"] = ((), dtype)
+        return out
+
+    def layout_problems(self, tile: str) -> list[str]:
+        """What is wrong with a tile's arrays against the format (empty: nothing); reads metadata only.
+
+        Checks each array's presence, cutout shape, dtype and chunking along N, and that it holds at
+        least the committed length.  A wrong dtype or shape in an array's metadata makes every chunk
+        undecodable, and a committed length beyond the data names cutouts that do not exist, so a run
+        checks this before any work (data *beyond* the committed length is an unfinished append and
+        is fine: it is never read).
+        """
+        problems = []
+        try:
+            n = int(self._tile(tile).attrs.get("n_cutouts", 0))
+        except (TypeError, ValueError):
+            return [f"committed length n_cutouts={self._tile(tile).attrs.get('n_cutouts')!r} is not an integer"]
+        if n < 0:
+            problems.append(f"committed length n_cutouts={n} is negative")
+        group = self._tile(tile)
+        for name, (shape, dtype) in self.expected_arrays().items():
+            try:
+                arr = group[name]
+            except KeyError:
+                problems.append(f"array {name!r} is missing")
+                continue
+            if tuple(arr.shape[1:]) != shape:
+                problems.append(f"array {name!r} has cutout shape {tuple(arr.shape[1:])}, expected {shape}")
+            if dtype != "str" and np.dtype(arr.dtype) != np.dtype(dtype):
+                problems.append(f"array {name!r} has dtype {arr.dtype}, expected {dtype}")
+            outer = arr.shards or arr.chunks
+            if outer[0] != self.chunk_size:
+                problems.append(f"array {name!r} is chunked by {outer[0]} along N, the store says {self.chunk_size}")
+            if arr.shape[0] < n:
+                problems.append(f"array {name!r} holds {arr.shape[0]} cutouts, fewer than the committed length {n}")
+        return problems
+
+    def fingerprint(self, tile: str) -> tuple[str, list[str | None]]:
+        """A cheap content fingerprint of a tile, and the SHA-256 of each chunk's object IDs.
+
+        The fingerprint hashes the committed length, the object IDs, RA and Dec of every committed
+        cutout, and the path, size and modification time (ns) of every file under the tile.  It reads
+        only the small columns, not the images: a store replaced at the same path almost always
+        differs in IDs or positions, and any rewrite of an image chunk gives its file a new mtime
+        (zarr writes whole files).  Copying a store with new timestamps changes the fingerprint
+        although the pixels are equal: that errs on the safe side (a refused resume, never mixed rows).
+        A chunk whose small columns cannot be read has ``None`` as its ID hash.
+        """
+        digest = hashlib.sha256(f"n_cutouts={self.n_cutouts(tile)};".encode())
+        id_hashes: list[str | None] = []
+        for start, stop in self.chunk_slices(tile):
+            try:
+                index = self.read_index(tile, start, stop)
+            except ChunkReadError as exc:
+                digest.update(f"unreadable {start}:{stop};".encode())
+                log.debug("fingerprint: %s", exc)
+                id_hashes.append(None)
+                continue
+            ids = np.ascontiguousarray(index["object_id"], dtype="<i8")
+            id_hashes.append(hashlib.sha256(ids.tobytes()).hexdigest())
+            for name in ("object_id", "ra", "dec"):
+                digest.update(np.ascontiguousarray(index[name]).tobytes())
+        root = self.path / "tiles" / tile
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                digest.update(f"{path.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return digest.hexdigest(), id_hashes
+
+    def check_layout(self) -> None:
+        """Raise :class:`ValueError` naming every tile and array whose layout is wrong (see :meth:`layout_problems`)."""
+        found = [f"tile {tile!r}: {problem}" for tile in self.tiles for problem in self.layout_problems(tile)]
+        if found:
+            shown = "; ".join(found[:10]) + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
+            raise ValueError(f"store {self.path} does not match its format ({FORMAT_NAME} v{FORMAT_VERSION}): "
+                             f"{shown} (see `lensengine store validate {self.path}`)")
 
     def chunk_slices(self, tile: str) -> list[tuple[int, int]]:
         """Chunk-aligned ``[start, stop)`` ranges covering the committed cutouts of a tile."""

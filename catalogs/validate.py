@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lensengine.catalogs import _zarr_layout as layout
 from lensengine.catalogs.flags import Flag
 from lensengine.catalogs.store import ChunkReadError, SurveyStore
-from lensengine.engine.specs import NISP_BANDS
+from lensengine.catalogs.vocabulary import NISP_BANDS
 
 __all__ = ["Problem", "validate_store", "store_info"]
 
@@ -47,44 +46,18 @@ class Problem:
         return asdict(self)
 
 
-def _expected_arrays(store: SurveyStore) -> dict[str, tuple[tuple[int, ...], str]]:
-    out: dict[str, tuple[tuple[int, ...], str]] = {}
-    if store.has_vis:
-        out["vis"] = (layout.IMAGE_SHAPES["vis"], "float32")
-    if store.has_nisp:
-        out["nisp"] = (layout.IMAGE_SHAPES["nisp"], "float32")
-    for name, dtype in layout.SCALAR_COLUMNS.items():
-        out[name] = ((), dtype)
-    for name, dtype in store.truth_columns.items():
-        out[f"truth/{name}"] = ((), dtype)
-    return out
-
-
 def _check_layout(store: SurveyStore, tile: str, problems: list[Problem]) -> bool:
+    """Layout problems (the same check a run makes before work) and unfinished appends; False if unreadable."""
+    found = store.layout_problems(tile)
+    problems.extend(Problem(tile, None, None, "layout", message) for message in found)
     group = store._tile(tile)
     n = store.n_cutouts(tile)
-    ok = True
     lengths = {}
-    for name, (shape, dtype) in _expected_arrays(store).items():
+    for name in store.expected_arrays():
         try:
-            arr = group[name]
+            lengths[name] = group[name].shape[0]
         except KeyError:
-            problems.append(Problem(tile, None, None, "layout", f"array {name!r} is missing"))
-            ok = False
             continue
-        if tuple(arr.shape[1:]) != shape:
-            problems.append(Problem(tile, None, None, "layout",
-                                    f"array {name!r} has cutout shape {arr.shape[1:]}, expected {shape}"))
-            ok = False
-        if dtype != "str" and np.dtype(arr.dtype) != np.dtype(dtype):
-            problems.append(Problem(tile, None, None, "layout", f"array {name!r} has dtype {arr.dtype}, expected {dtype}"))
-            ok = False
-        outer = arr.shards or arr.chunks
-        if outer[0] != store.chunk_size:
-            problems.append(Problem(tile, None, None, "layout",
-                                    f"array {name!r} is chunked by {outer[0]} along N, store says {store.chunk_size}"))
-            ok = False
-        lengths[name] = arr.shape[0]
     pending = group.attrs.get("pending")
     beyond = {name: length for name, length in lengths.items() if length > n}
     if beyond or pending:
@@ -93,12 +66,7 @@ def _check_layout(store: SurveyStore, tile: str, problems: list[Problem]) -> boo
         problems.append(Problem(tile, first, None, "incomplete-write",
                                 f"an unfinished append: data beyond the committed length {n} "
                                 f"(up to {stop}) in chunks {first}..{last}; the next append overwrites them"))
-    short = {name: length for name, length in lengths.items() if length < n}
-    for name, length in short.items():
-        problems.append(Problem(tile, None, None, "layout",
-                                f"array {name!r} has {length} cutouts, fewer than the committed {n}"))
-        ok = False
-    return ok
+    return not found
 
 
 def _check_cutouts(tile: str, index: int, batch, problems: list[Problem]) -> None:

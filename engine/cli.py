@@ -1,10 +1,13 @@
 """The ``lensengine`` command line.
 
-The root group holds the engine's own commands (``run``, ``models``,
-``plugins``); every other command (store, catalog, simulate, train, explain,
-recall-test ...) is added by a plugin through the ``register_commands`` hook,
-built-in plugins included.  Exit codes: 0 success, 1 the job failed, 2 bad
-usage or bad input.
+The root group holds the engine's own commands (``run``, ``demo``, ``models``,
+``plugins``), defined in :mod:`lensengine.engine.run_cli` and
+:mod:`lensengine.engine.commands` and added here (those modules never import
+this one, so there is no import circle); every other command (store, catalog,
+simulate, train, explain, recall-test ...) is added by a plugin through the
+``register_commands`` hook, built-in plugins included.  Exit codes: 0 success,
+1 the job failed (the message names what failed), 2 bad usage or bad input
+found before any work started, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,22 +18,24 @@ import sys
 import click
 
 from lensengine import __version__
+from lensengine.engine.commands import models, plugins_cmd
+from lensengine.engine.run_cli import demo_cmd, run_cmd
 
 log = logging.getLogger("lensengine")
 
 
-class UsageError(click.UsageError):
-    """Bad usage or bad input: exit code 2 with a clear message."""
-
-
 def setup_logging(verbose: int, quiet: bool) -> None:
+    """Our log at INFO (WARNING with ``-q``, DEBUG with ``-vv``); Dask's own INFO chatter only with ``-v``."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("lensengine").setLevel(level)
+    # distributed sets its own level when imported; the run sets it again after importing it
+    logging.getLogger("distributed").setLevel(logging.INFO if verbose >= 1 and not quiet else logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="lensengine")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More log output, Dask's included (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
@@ -44,6 +49,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     setup_logging(verbose, quiet)
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
+    ctx.obj["verbose"] = 0 if quiet else verbose
+
+
+for _command in (run_cmd, demo_cmd, models, plugins_cmd):
+    cli.add_command(_command)
 
 
 def _register_plugin_commands() -> None:
@@ -56,8 +66,3 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     _register_plugin_commands()
     cli.main(args=argv, prog_name="lensengine")
-
-
-# the engine's own commands register themselves on import
-from lensengine.engine import commands as _commands  # noqa: E402,F401
-from lensengine.engine import run_cli as _run_cli  # noqa: E402,F401

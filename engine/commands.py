@@ -1,4 +1,4 @@
-"""The engine's own commands: ``models`` and ``plugins`` (``run`` lives in run_cli)."""
+"""The engine's own commands: ``models`` and ``plugins`` (``run`` lives in run_cli; cli.py adds them to the root group)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from pathlib import Path
 
 import click
 
-from lensengine.engine.cli import cli
 
-
-@cli.group()
+@click.group()
 def models() -> None:
     """Import, export and inspect the ONNX models the engine runs."""
 
@@ -83,7 +81,7 @@ def info_cmd(path: Path) -> None:
         click.echo(f"{key:18s}{value}")
 
 
-@cli.command("plugins")
+@click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins_cmd(as_json: bool) -> None:
     """List the loaded plugins and the hooks each implements."""

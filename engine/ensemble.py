@@ -6,12 +6,18 @@ when a fitted model is available (``ou_tsne.npz`` next to the ONNX models, or
 stand-in is the mean P(lens) of the models that could score the cutout: it is
 what the paper compares OU-T-SNE against, needs no fitting, and degrades
 gracefully when a band is bad for some models.
+
+Each ensemble declares the extra columns it adds to every row (name and dtype)
+in ``columns``, so the score table's schema is known before any chunk is
+scored and an unreadable chunk's rows carry exactly the columns a scored
+chunk's rows do.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,16 +26,27 @@ from lensengine.engine.specs import MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MeanEnsemble", "TSNEEnsemble", "load_ensemble", "ENSEMBLE_FILE"]
+__all__ = ["Column", "MeanEnsemble", "TSNEEnsemble", "ensemble_class", "load_ensemble", "ENSEMBLE_FILE"]
 
 ENSEMBLE_FILE = "ou_tsne.npz"
+
+
+class Column(NamedTuple):
+    """An extra column an ensemble adds: its name and NumPy dtype.
+
+    A row the ensemble cannot place (an unreadable chunk, a model that could
+    not score) holds NaN in a float column and -1 in an integer one.
+    """
+
+    name: str
+    dtype: str
 
 
 class MeanEnsemble:
     """Mean P(lens) over the models that scored a cutout (NaN where none could)."""
 
     name = "mean"
-    columns: tuple[str, ...] = ()
+    columns: tuple[Column, ...] = ()
 
     def score(self, probs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         valid = np.isfinite(probs)
@@ -45,7 +62,8 @@ class TSNEEnsemble:
     """OU-T-SNE on the seven P(lens); the mean stand-in where a model could not score."""
 
     name = "OU-T-SNE"
-    columns = ("TSNE_X", "TSNE_Y", "TSNE_CELL", "P_OU_TSNE")
+    columns = (Column("P_OU_TSNE", "float32"), Column("TSNE_CELL", "int32"), Column("TSNE_X", "float32"),
+               Column("TSNE_Y", "float32"))
 
     def __init__(self, path: str | Path):
         from lensengine.engine.ou_tsne import OUTSNE
@@ -61,9 +79,14 @@ class TSNEEnsemble:
         flags = flags | np.where(where.outside, np.uint32(Flag.OUTSIDE_TSNE_GRID), np.uint32(0))
         cell = np.where(complete, where.cells[:, 0] * self.model.grid_size + where.cells[:, 1], -1)
         score = np.where(complete, where.scores, mean).astype(np.float32)
-        extra = {"TSNE_X": where.coords[:, 0].astype(np.float32), "TSNE_Y": where.coords[:, 1].astype(np.float32),
-                 "TSNE_CELL": cell.astype(np.int32), "P_OU_TSNE": where.scores.astype(np.float32)}
+        extra = {"P_OU_TSNE": where.scores.astype(np.float32), "TSNE_CELL": cell.astype(np.int32),
+                 "TSNE_X": where.coords[:, 0].astype(np.float32), "TSNE_Y": where.coords[:, 1].astype(np.float32)}
         return score, extra, flags.astype(np.uint32)
+
+
+def ensemble_class(path: str | Path | None):
+    """The class of the ensemble a run uses: OU-T-SNE for a fitted file's path, the mean for None."""
+    return MeanEnsemble if path is None else TSNEEnsemble
 
 
 def load_ensemble(model_names: list[str], models_dir: Path | None, path: str | Path | None = None):

@@ -6,6 +6,12 @@ dynamic batch axis, and ``lensengine.*`` metadata (model name, ordered bands,
 stamp size, pixel scale, normalisation, architecture, source, training config,
 metrics, content hash).  This module reads that metadata without torch and
 refuses a model whose contract does not match what a caller provides.
+
+The contract is checked when a model is loaded (:func:`load_entry`), that is
+when a command resolves its models, before any chunk is scored: every error
+names the model file.  The stamp is the model's own (from its metadata and
+graph), not a property of an architecture name, so a third-party network with
+its own stamp and bands runs through the same preprocessing as the paper's.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from lensengine.engine.specs import FAMILY_STAMP, MODEL_NAMES
+from lensengine.engine.specs import BANDS, MODEL_NAMES, ModelSpec
 
 __all__ = [
     "INPUT_NAME",
@@ -30,6 +36,7 @@ __all__ = [
     "discover_models",
     "default_models_dir",
     "check_bands_available",
+    "check_entry",
     "file_sha256",
 ]
 
@@ -60,12 +67,9 @@ class ModelEntry:
     def channels(self) -> int:
         return len(self.bands)
 
-    def as_spec(self):
-        """The :class:`ModelSpec` view used by the preprocessor."""
-        from lensengine.engine.specs import ModelSpec
-
-        family = self.architecture or next(f for f, s in FAMILY_STAMP.items() if s == self.stamp)
-        return ModelSpec(self.name, family, self.bands, 0)
+    def as_spec(self) -> ModelSpec:
+        """The :class:`ModelSpec` view used by the preprocessor: the model's own bands and stamp."""
+        return ModelSpec(self.name, self.architecture, self.bands, 0, self.stamp)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -96,7 +100,51 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         )
     out = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
     out["_input_shape"] = json.dumps(inputs[0].shape)
+    out["_output_shape"] = json.dumps(outputs[0].shape)
     return out
+
+
+def _dynamic(dim) -> bool:
+    """ONNX Runtime reports a named (symbolic) or unknown dimension as a string or None."""
+    return dim is None or isinstance(dim, str)
+
+
+def _parse_contract(path: Path, meta: dict[str, str]) -> tuple[tuple[str, ...], int]:
+    """Bands and stamp from the metadata, checked against the graph; every error names ``path``."""
+    try:
+        bands = json.loads(meta["bands"])
+    except ValueError:
+        raise ContractError(f"{path}: metadata lensengine.bands must be a JSON list of band names such as "
+                            f'["J", "Y", "H"], found {meta["bands"]!r}') from None
+    if not (isinstance(bands, list) and bands and all(isinstance(b, str) for b in bands)):
+        raise ContractError(f"{path}: metadata lensengine.bands must be a non-empty JSON list of band names, "
+                            f"found {meta['bands']!r}")
+    unknown = [b for b in bands if b not in BANDS]
+    if unknown or len(set(bands)) != len(bands):
+        raise ContractError(f"{path}: metadata lensengine.bands {bands} must name distinct survey bands "
+                            f"from {list(BANDS)}" + (f"; unknown: {unknown}" if unknown else ""))
+    try:
+        stamp = int(meta["stamp"])
+    except ValueError:
+        raise ContractError(f"{path}: metadata lensengine.stamp must be an integer number of pixels, "
+                            f"found {meta['stamp']!r}") from None
+    if stamp < 1:
+        raise ContractError(f"{path}: metadata lensengine.stamp must be a positive number of pixels, found {stamp}")
+    shape = json.loads(meta["_input_shape"])
+    if len(shape) != 4 or shape[1] != len(bands) or shape[2] != stamp or shape[3] != stamp:
+        raise ContractError(
+            f"{path}: metadata says bands {bands} at {stamp}x{stamp} but the graph input is {shape}"
+        )
+    out_shape = json.loads(meta["_output_shape"])
+    if not _dynamic(shape[0]) or not out_shape or not _dynamic(out_shape[0]):
+        raise ContractError(
+            f"{path}: the batch axis must be dynamic (the engine scores batches of any size), but the graph "
+            f"input is {shape} and output {out_shape}; export with a named batch axis (dynamic_axes)"
+        )
+    if len(out_shape) > 2 or (len(out_shape) == 2 and out_shape[1] != 1):
+        raise ContractError(f"{path}: output {OUTPUT_NAME!r} must hold one P(lens) per cutout, shape (N,) or "
+                            f"(N, 1); the graph output is {out_shape}")
+    return tuple(bands), stamp
 
 
 def load_entry(path: str | Path) -> ModelEntry:
@@ -106,13 +154,7 @@ def load_entry(path: str | Path) -> ModelEntry:
     missing = [k for k in ("model", "bands", "stamp") if k not in meta]
     if missing:
         raise ContractError(f"{path}: missing lensengine metadata {missing}; re-export it with `lensengine models export`")
-    bands = tuple(json.loads(meta["bands"]))
-    stamp = int(meta["stamp"])
-    shape = json.loads(meta["_input_shape"])
-    if len(shape) != 4 or shape[1] != len(bands) or shape[2] != stamp or shape[3] != stamp:
-        raise ContractError(
-            f"{path}: metadata says bands {list(bands)} at {stamp}x{stamp} but the graph input is {shape}"
-        )
+    bands, stamp = _parse_contract(path, meta)
     return ModelEntry(
         name=meta["model"],
         path=path,
@@ -142,6 +184,24 @@ def discover_models(directory: str | Path) -> list[ModelEntry]:
         raise ContractError(f"{directory}: more than one file claims model(s) {dupes}")
     order = {n: i for i, n in enumerate(MODEL_NAMES)}
     return sorted(entries, key=lambda e: (order.get(e.name, len(order)), e.name))
+
+
+def check_entry(entry: ModelEntry, where: str) -> None:
+    """Refuse a hand-made :class:`ModelEntry` (a plugin's) whose contract cannot be run, naming its file.
+
+    :func:`load_entry` checks a model against its ONNX graph; this cheap check
+    covers entries a plugin built itself: the file exists, the bands are
+    distinct survey bands, the stamp a positive integer.
+    """
+    problems = []
+    if not Path(entry.path).is_file():
+        problems.append("the file does not exist")
+    if not entry.bands or any(b not in BANDS for b in entry.bands) or len(set(entry.bands)) != len(entry.bands):
+        problems.append(f"bands {list(entry.bands)} are not distinct survey bands from {list(BANDS)}")
+    if not isinstance(entry.stamp, int) or isinstance(entry.stamp, bool) or entry.stamp < 1:
+        problems.append(f"stamp {entry.stamp!r} is not a positive integer")
+    if problems:
+        raise ContractError(f"model {entry.name!r} ({entry.path}) from {where}: " + "; ".join(problems))
 
 
 def check_bands_available(entry: ModelEntry, available: tuple[str, ...] | list[str], where: str) -> None:

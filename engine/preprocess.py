@@ -5,14 +5,25 @@ scikit-image ``resize`` defaults (bilinear, ``mode="reflect"``, Gaussian
 anti-aliasing when downsampling) and then min-max scaled to [0, 1] per cutout
 and band.  ``skimage.transform.resize`` is linear and separable, so for a fixed
 pair of sizes it equals ``A @ X @ A.T`` with ``A = resize(eye(n), (m, n))``.
-The matrices for the two resamplings the networks need (VIS 200 -> 66 and NISP
-66 -> 200) are shipped in ``engine/data`` so the engine needs no scikit-image;
-a test checks them against scikit-image itself.
+The matrices for the two resamplings the paper's networks need (VIS 200 -> 66
+and NISP 66 -> 200) are shipped in ``engine/data`` so the engine needs no
+scikit-image; a test checks them against scikit-image itself.
+
+A model with its own stamp (a third-party network at 64 px, say) is fed from
+the same native grids through a matrix built here at run time, with NumPy
+only: bilinear interpolation when enlarging (identical to scikit-image's, which
+applies no smoothing then) and exact pixel-area averaging when shrinking
+(where scikit-image would smooth with a Gaussian first).  The choice is made
+by the sizes alone, never by what happens to be installed, so run, evaluate
+and the recall test feed such a model the same numbers everywhere.
 
 Bad input never raises and never yields a NaN score: :func:`inspect_bands`
 finds NaN/inf pixels, constant bands, missing bands and wrong shapes per cutout
 and band; bad bands are zeroed before resampling and the caller withholds the
-scores of models that read them.
+scores of models that read them.  Extreme but finite pixels (near the float32
+limit, or float64 beyond it) are scaled per cutout in float64 before anything
+is cast or subtracted, so they are neither overflowed into a false
+CONSTANT_BAND nor cast to inf and called NONFINITE.
 """
 
 from __future__ import annotations
@@ -38,10 +49,11 @@ __all__ = [
 
 @lru_cache(maxsize=None)
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """The (n_out, n_in) float64 matrix of ``skimage.transform.resize`` along one axis.
+    """The (n_out, n_in) float64 matrix that resamples one axis from ``n_in`` to ``n_out`` pixels.
 
-    Shipped for the sizes the networks use; other sizes are computed with
-    scikit-image (the ``training`` extra) on first use.
+    The shipped matrices (scikit-image's ``resize``) for the sizes the paper's
+    networks use; for any other pair, :func:`_bilinear_matrix` (enlarging) or
+    :func:`_area_matrix` (shrinking).
     """
     if n_in == n_out:
         return np.eye(n_in)
@@ -50,18 +62,49 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     if data.is_file():
         with data.open("rb") as fh:
             return np.load(fh)
-    try:
-        from skimage.transform import resize
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            f"no shipped resampling matrix for {n_in} -> {n_out} pixels and scikit-image is not "
-            "installed to compute one (pip install 'lensengine[training]')"
-        ) from exc
-    return resize(np.eye(n_in), (n_out, n_in))
+    return _bilinear_matrix(n_in, n_out) if n_out > n_in else _area_matrix(n_in, n_out)
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Bilinear interpolation at the output pixel centres, mirrored at the edges (scikit-image's rule)."""
+    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    x = np.abs(x)
+    x = np.where(x > n_in - 1, 2 * (n_in - 1) - x, x)
+    lo = np.clip(np.floor(x).astype(np.intp), 0, n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = x - lo
+    a = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(a, (rows, lo), 1.0 - frac)
+    np.add.at(a, (rows, hi), frac)
+    return a
+
+
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Each output pixel is the mean of the input it covers, weighting partly covered pixels by area."""
+    edges = np.arange(n_out + 1) * (n_in / n_out)
+    left = np.arange(n_in)
+    overlap = np.clip(np.minimum(edges[1:, None], left + 1) - np.maximum(edges[:-1, None], left), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+@lru_cache(maxsize=1)
+def _blas():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
-    """Resample square images (..., n, n) to (..., size, size) exactly like skimage's resize."""
+    """Resample square images (..., n, n) to (..., size, size) with :func:`resize_matrix` on both axes.
+
+    The products run on one BLAS thread: a threaded float32 GEMM sums in an
+    order that depends on the thread count, and Dask workers run BLAS on one
+    thread while an interactive process uses every core, so without this the
+    same cutout would reach a network with different last bits in ``lensengine
+    run`` and in ``lensengine evaluate``.  (Single-threaded is also the fast
+    choice for these small matrices.)
+    """
     n = images.shape[-1]
     if images.shape[-2] != n:
         raise ValueError(f"expected square images, got shape {images.shape}")
@@ -69,23 +112,54 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
         return images.astype(np.float32, copy=False)
     a = resize_matrix(n, size).astype(np.float32)
     x = images.astype(np.float32, copy=False)
-    return np.matmul(np.matmul(a, x), a.T)
+    with _blas().limit(limits=1, user_api="blas"):
+        return np.matmul(np.matmul(a, x), a.T)
 
 
 def minmax_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Min-max scale each image (..., S, S) to [0, 1].
+    """Min-max scale each image (..., S, S) to [0, 1], in float64 so no span overflows.
 
     Returns ``(scaled, constant)`` where ``constant`` marks images with
     max == min (or a non-finite range); those come back as zeros, never NaN.
+    The span of two finite float32 values (up to 6.8e38) overflows float32 but
+    not float64, so pixels of ±3e38 are scaled, not called constant.
     """
-    lo = images.min(axis=(-2, -1), keepdims=True)
-    hi = images.max(axis=(-2, -1), keepdims=True)
+    lo = images.min(axis=(-2, -1), keepdims=True).astype(np.float64)
+    hi = images.max(axis=(-2, -1), keepdims=True).astype(np.float64)
     span = hi - lo
     constant = ~(np.isfinite(span) & (span > 0))
     safe = np.where(constant, 1.0, span)
     scaled = (images - lo) / safe
     scaled = np.where(constant, 0.0, scaled).astype(np.float32, copy=False)
     return scaled, constant[..., 0, 0]
+
+
+#: Largest pixel magnitude resampled in float32 as it is; a cutout beyond it is rescaled first.
+_SAFE_MAGNITUDE = 1e30
+
+
+def _to_float32(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, finite)``: the cutouts (n, S, S) as float32 and the (n,) mask of cutouts with all pixels finite.
+
+    Finiteness is judged in the input's own dtype (a float64 1e300 is finite).
+    A finite cutout with pixels beyond ``_SAFE_MAGNITUDE`` is min-max scaled to
+    [0, 1] in float64 first: resampling is linear and keeps constants, and the
+    final min-max scaling removes any offset and scale, so the network input is
+    the same as for unscaled data, but nothing overflows on the way.
+    """
+    arr = np.asarray(arr)
+    finite = np.isfinite(arr).all(axis=(-2, -1))
+    with np.errstate(over="ignore"):  # an out-of-range float64 cutout is replaced below
+        x = np.asarray(arr, dtype=np.float32)
+    peak = np.abs(np.where(finite[:, None, None], arr, 0)).max(axis=(-2, -1))
+    big = np.flatnonzero(peak > _SAFE_MAGNITUDE)
+    if big.size:
+        wide = arr[big].astype(np.float64)
+        lo = wide.min(axis=(-2, -1), keepdims=True)
+        span = wide.max(axis=(-2, -1), keepdims=True) - lo
+        x = x.copy() if x is arr else x
+        x[big] = np.where(span > 0, (wide - lo) / np.where(span > 0, span, 1.0), 0.0)
+    return x, finite
 
 
 def inspect_bands(bands: dict[str, np.ndarray | None], n: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -108,8 +182,7 @@ def inspect_bands(bands: dict[str, np.ndarray | None], n: int) -> tuple[dict[str
             flag[:] = np.uint32(Flag.BAD_SHAPE)
             clean[band] = np.zeros((n, native, native), dtype=np.float32)
         else:
-            x = np.asarray(arr, dtype=np.float32)
-            finite = np.isfinite(x).all(axis=(-2, -1))
+            x, finite = _to_float32(arr)
             lo = np.where(finite, x.min(axis=(-2, -1)), 0)
             hi = np.where(finite, x.max(axis=(-2, -1)), 0)
             flag[~finite] |= np.uint32(Flag.NONFINITE)
@@ -140,7 +213,9 @@ class Preprocessor:
     """Turns raw survey bands into every requested model's input, sharing the work.
 
     Each (band, stamp) plane is resampled and normalised once per batch, then
-    stacked in each model's band order.
+    stacked in each model's band order.  A spec is anything with ``name``,
+    ``bands`` and ``stamp`` (a :class:`ModelSpec`, or a model entry's
+    :meth:`~lensengine.engine.models.ModelEntry.as_spec`): any stamp works.
     """
 
     def __init__(self, specs: list[ModelSpec] | tuple[ModelSpec, ...]):

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lensengine.engine.models import ContractError, ModelEntry, discover_models
+from lensengine.engine.models import ContractError, ModelEntry, check_entry, discover_models
 
 __all__ = ["resolve_models", "registered_models"]
 
 
 def registered_models() -> list[ModelEntry]:
-    """Every model registered through the ``register_models`` hook, checked for name clashes."""
+    """Every model registered through the ``register_models`` hook, checked for name clashes and contract."""
     from lensengine.plugins.manager import get_plugin_manager
 
     pm = get_plugin_manager()
     seen: dict[str, ModelEntry] = {}
     for result in pm.hook.register_models():
         for entry in result or []:
+            check_entry(entry, "a register_models plugin")
             if entry.name in seen and seen[entry.name].path != entry.path:
                 raise ContractError(
                     f"model {entry.name!r} is registered twice: {seen[entry.name].path} and {entry.path}"

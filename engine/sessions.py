@@ -6,6 +6,11 @@ cache.  The execution provider is chosen here: CUDA (and TensorRT where its
 libraries load) when a GPU is present, the CPU otherwise; the provider that
 actually runs is reported, because ONNX Runtime silently falls back to the CPU
 when the CUDA libraries are missing.
+
+A plugin may change the providers per model (the ``prepare_session`` hook), so
+the model's name is part of the cache key: a session first built without a
+name (or for another name) is never handed to a later caller that names its
+model, and the hook sees the name of every session the engine runs.
 """
 
 from __future__ import annotations
@@ -65,8 +70,8 @@ def choose_providers(device: str = "auto") -> list[str]:
 
 
 def get_session(path: str, device: str = "auto", threads: int = 0, model_name: str = ""):
-    """The cached ONNX Runtime session for ``path`` in this process (built on first use)."""
-    key = (str(path), device, threads)
+    """The cached ONNX Runtime session for ``path`` as model ``model_name`` in this process (built on first use)."""
+    key = (str(path), device, threads, model_name)
     with _LOCK:
         sess = _SESSIONS.get(key)
         if sess is not None:
@@ -97,9 +102,9 @@ def get_session(path: str, device: str = "auto", threads: int = 0, model_name: s
         return sess
 
 
-def session_provider(path: str, device: str = "auto", threads: int = 0) -> str:
-    """The provider the cached session for ``path`` actually uses."""
-    return get_session(path, device, threads).get_providers()[0]
+def session_provider(path: str, device: str = "auto", threads: int = 0, model_name: str = "") -> str:
+    """The provider the cached session for ``path`` (as ``model_name``) actually uses."""
+    return get_session(path, device, threads, model_name).get_providers()[0]
 
 
 def clear_sessions() -> None:

@@ -1,22 +1,20 @@
 """The model registry: name -> architecture family, ordered bands, stamp size.
 
-This module is pure Python (no torch) so that the engine, the store tools and
-the training code all read one definition of the seven networks' contracts
-(SPEC §3).  Band names use the survey store's spelling: ``VIS``, ``Y``, ``J``,
-``H``.
+This module is pure Python (no torch) so that the engine and the training
+code read one definition of the seven networks' contracts (SPEC §3).  The
+survey vocabulary (band names ``VIS``, ``Y``, ``J``, ``H``, native stamps,
+pixel scales) lives one layer down in :mod:`lensengine.catalogs.vocabulary`
+and is re-exported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: The survey bands, in the order the store keeps NISP (Y, J, H) after VIS.
-BANDS = ("VIS", "Y", "J", "H")
-NISP_BANDS = ("Y", "J", "H")
+from lensengine.catalogs.vocabulary import BANDS, FIELD_ARCSEC, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
 
-#: Native cutout sizes (pixels) and pixel scales (arcsec) per band (SPEC §2).
-NATIVE_STAMP = {"VIS": 200, "Y": 66, "J": 66, "H": 66}
-PIXEL_SCALE = {"VIS": 0.1, "Y": 0.3, "J": 0.3, "H": 0.3}
+__all__ = ["BANDS", "NISP_BANDS", "NATIVE_STAMP", "PIXEL_SCALE", "FAMILY_STAMP", "ModelSpec", "MODEL_SPECS",
+           "MODEL_NAMES", "get_spec"]
 
 #: The two architecture families and the stamp size each one takes.
 FAMILY_STAMP = {"OU-66": 66, "OU-200": 200}
@@ -28,17 +26,23 @@ class ModelSpec:
 
     ``bands`` is the ordered list of input channels; each band is resampled
     from its native size to ``stamp`` (if needed) and min-max scaled to [0, 1]
-    per cutout and band (SPEC §4).
+    per cutout and band (SPEC §4).  ``stamp`` defaults to the family's size;
+    a model with its own stamp (a third-party network) states it, and then
+    ``family`` is only a label.
     """
 
     name: str
-    family: str  # "OU-66" or "OU-200"
+    family: str  # "OU-66" or "OU-200" for the paper's networks; free text otherwise
     bands: tuple[str, ...]
-    n_params: int  # parameter count of the published network
+    n_params: int  # parameter count of the published network (0 when unknown)
+    stamp: int = 0  # input side in pixels; 0 takes the family's (FAMILY_STAMP)
 
-    @property
-    def stamp(self) -> int:
-        return FAMILY_STAMP[self.family]
+    def __post_init__(self) -> None:
+        if not self.stamp:
+            if self.family not in FAMILY_STAMP:
+                raise ValueError(f"model {self.name}: family {self.family!r} has no known stamp size "
+                                 f"(known: {FAMILY_STAMP}); give the stamp explicitly")
+            object.__setattr__(self, "stamp", FAMILY_STAMP[self.family])
 
     @property
     def channels(self) -> int:
@@ -46,8 +50,8 @@ class ModelSpec:
 
     @property
     def pixel_scale(self) -> float:
-        """Arcsec per input pixel (the 20 arcsec field over ``stamp`` pixels)."""
-        return 0.3 if self.stamp == 66 else 0.1
+        """Arcsec per input pixel: the survey's own scale at 66/200 px, else the 20 arcsec field over ``stamp``."""
+        return {66: 0.3, 200: 0.1}.get(self.stamp, FIELD_ARCSEC / self.stamp)
 
     @property
     def file_stem(self) -> str:

@@ -1,7 +1,9 @@
 """The hook specification: the contract between lensengine and its plugins.
 
 Hooks are listed in pipeline order: models -> commands -> inference ->
-post-processing -> catalogue -> reports.  A plugin implements any subset with
+post-processing -> catalogue -> reports.  The engine reaches everything that
+needs torch (reduced-precision runners, interpretability maps) through these
+hooks and never by importing a plugin.  A plugin implements any subset with
 ``@hookimpl`` (``from lensengine.plugins import hookimpl``); built-in plugins
 use exactly the same hooks as third-party ones, which register through the
 ``lensengine`` entry-point group.
@@ -57,6 +59,22 @@ def prepare_session(model_name, providers):
     """
 
 
+@hookspec(firstresult=True)
+def make_runner(model, precision, threads):
+    """Return a callable that scores one model in a precision ONNX Runtime does not cover, or None.
+
+    Called once per worker process and model when a run asks for a precision
+    other than ``"fp32"`` (``lensengine run --precision bf16``); fp32 always
+    runs in ONNX Runtime.  ``model`` is the
+    :class:`~lensengine.engine.models.ModelEntry`, ``precision`` a string such
+    as ``"bf16"``, ``threads`` the CPU threads to use (0: the library's
+    default).  Return ``run(x) -> p``: ``x`` float32 (N, C, S, S) as the
+    preprocessor makes it, ``p`` (N,) P(lens).  The built-in torch runner
+    answers ``"bf16"`` from the ``.pt`` weights beside the ONNX file.  The
+    first non-None answer wins (``firstresult``): one runner scores a model.
+    """
+
+
 # --- post-processing ----------------------------------------------------------
 
 @hookspec
@@ -83,13 +101,29 @@ def catalog_provenance():
     """
 
 
+@hookspec(firstresult=True)
+def explain_candidates(model, store, rows, out_dir):
+    """Write interpretability maps for the best candidates of a run; return ``{object_id: {method: path}}``.
+
+    Called once, on the client, after the catalogue is written, when
+    ``lensengine run --explain-top K`` asks for maps.  ``model`` is the
+    :class:`~lensengine.engine.models.ModelEntry` to explain, ``store`` the
+    open :class:`~lensengine.catalogs.store.SurveyStore`, ``rows`` a list of
+    ``(tile, row, object_id)`` in rank order, ``out_dir`` the folder to write
+    into.  The built-in interpretability plugin answers with occlusion and
+    guided Grad-CAM maps (torch).  The first non-None answer wins
+    (``firstresult``): one plugin makes the maps.
+    """
+
+
 # --- reports ----------------------------------------------------------------
 
 @hookspec
 def register_reports():
     """Return reports this plugin provides, as a dict ``{name: callable}``, or None.
 
-    Called by ``lensengine report``/``lensengine plugins``.  Each callable takes
-    ``(scores_path, out_dir)`` and writes its files into ``out_dir``, returning
-    the list of paths written.
+    Called by ``lensengine report SCORES --out DIR``, which runs every
+    registered report (or those named with ``--name``) on a finished score
+    table.  Each callable takes ``(scores_path, out_dir)`` and writes its
+    files into ``out_dir``, returning the list of paths written.
     """

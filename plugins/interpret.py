@@ -3,9 +3,10 @@
 Registers through ``register_commands`` exactly as a third-party plugin would.
 The methods live in :mod:`lensengine.plugins._interpret_methods` (tensors in,
 arrays out), the figures in :mod:`lensengine.plugins._interpret_plots`, the
-orchestration (including :func:`explain_cutouts`, which ``lensengine run
---explain-top K`` calls) in :mod:`lensengine.plugins._interpret_run`.  torch is
-imported only when the command runs.  Documentation: docs/interpretability.md.
+orchestration (:func:`explain_cutouts`) in :mod:`lensengine.plugins._interpret_run`.
+``lensengine run --explain-top K`` reaches it through the ``explain_candidates``
+hook, never by import.  torch is imported only when maps are made.
+Documentation: docs/interpretability.md.
 """
 
 from __future__ import annotations
@@ -33,6 +34,31 @@ def explain_cutouts(model_name, net, bands_batch, methods, out_dir, **kwargs):
     from lensengine.plugins._interpret_run import explain_cutouts as run
 
     return run(model_name, net, bands_batch, methods, out_dir, **kwargs)
+
+
+@hookimpl
+def explain_candidates(model, store, rows, out_dir):
+    """Occlusion and guided Grad-CAM maps of ``rows`` ((tile, row, object_id), rank order) for ``model``.
+
+    The torch weights beside the model's ONNX file are loaded once; each
+    cutout goes through the engine's preprocessing with the model's own bands
+    and stamp (:meth:`~lensengine.engine.models.ModelEntry.as_spec`).  Without
+    torch it does not answer (None), and the engine says what is missing.
+    """
+    try:
+        from lensengine.training.export import load_torch_model
+    except ImportError as exc:
+        log.warning("interpretability maps need torch (pip install 'lensengine[training]'): %s", exc)
+        return None
+
+    net = load_torch_model(model.path, model.name)
+    done: dict = {}
+    for rank, (tile, row, oid) in enumerate(rows, start=1):
+        batch = store.read(tile, row, row + 1)
+        done.update(explain_cutouts(model.name, net, batch, ["occlusion", "gradcam"], out_dir,
+                                    object_ids=[oid], spec=model.as_spec()))
+        log.info("explained candidate %d (object %d) with %s", rank, oid, model.name)
+    return done
 
 
 def _parse_ids(text: str | None) -> list[int]:

@@ -15,12 +15,14 @@ log = logging.getLogger(__name__)
 #: Built-in plugins, loaded exactly like external ones (through the hooks).
 BUILTIN_PLUGINS = (
     "lensengine.plugins.builtin_models",
+    "lensengine.plugins.torch_runner",
     "lensengine.catalogs.commands",
     "lensengine.training.simulate_commands",
     "lensengine.training.train_commands",
     "lensengine.plugins.tsne",
     "lensengine.plugins.interpret",
     "lensengine.plugins.recall",
+    "lensengine.plugins.reports",
 )
 
 

@@ -120,7 +120,7 @@ def recall_test_cmd(ctx, models_dir, names, ensemble_path, arcs, rings, singles,
       lensengine recall-test --models models/published --arcs arcs.zarr --rings rings.zarr --min-recall 0.5
       lensengine recall-test --models models/published --fits ../shared/real/hst_sdssj0946/data.fits
     """
-    from lensengine.engine.ensemble import ENSEMBLE_FILE
+    from lensengine.engine.ensemble import load_ensemble
     from lensengine.engine.models import ContractError
     from lensengine.engine.registry import resolve_models
     from lensengine.plugins import _recall_score as S
@@ -131,12 +131,11 @@ def recall_test_cmd(ctx, models_dir, names, ensemble_path, arcs, rings, singles,
         entries = resolve_models(models_dir, list(names) or None)
     except ContractError as exc:
         raise click.UsageError(str(exc))
-    if ensemble_path is None and models_dir is not None and (models_dir / ENSEMBLE_FILE).is_file():
-        ensemble_path = models_dir / ENSEMBLE_FILE
-    try:
-        tsne = S.load_tsne(ensemble_path)
-    except (OSError, ValueError) as exc:
+    try:  # the ensemble a run with these models would use: OU-T-SNE when fitted and all seven run
+        ensemble = load_ensemble([e.name for e in entries], models_dir, ensemble_path)
+    except (OSError, ValueError, KeyError) as exc:
         raise click.UsageError(f"--ensemble {ensemble_path}: {exc}")
+    tsne = str(ensemble.path) if hasattr(ensemble, "path") else None
     workdir = workdir or ((out_dir / "sims") if out_dir else Path("recall-sims"))
 
     sets: dict[str, Path] = {}
@@ -154,7 +153,7 @@ def recall_test_cmd(ctx, models_dir, names, ensemble_path, arcs, rings, singles,
     for kind, path in sets.items():
         try:
             with _progress(not quiet, path, f"scoring {kind}") as advance:
-                scored[kind] = S.score_store(path, entries, name=kind, tsne=tsne, progress=advance)
+                scored[kind] = S.score_store(path, entries, name=kind, ensemble=tsne, progress=advance)
         except (OSError, ValueError, KeyError) as exc:
             raise click.UsageError(f"{path}: cannot score this store ({exc})")
     table = T.recall_table(scored)
@@ -173,17 +172,17 @@ def recall_test_cmd(ctx, models_dir, names, ensemble_path, arcs, rings, singles,
             store_path, name = ingest_known_lens(path, store_path, pixel_scale=pixel_scale)
         except (OSError, ValueError) as exc:
             raise click.UsageError(f"{path}: {exc}")
-        s = S.score_store(store_path, entries, name=name, tsne=tsne)
+        s = S.score_store(store_path, entries, name=name, ensemble=tsne)
         known_rows.append({"name": name, "scores": {m: float(p[0]) for m, p in s.scores.items()}})
     for path in known_stores:
-        s = S.score_store(path, entries, name=path.stem, tsne=tsne)
+        s = S.score_store(path, entries, name=path.stem, ensemble=tsne)
         for i, oid in enumerate(s.object_id):
             known_rows.append({"name": f"{path.stem}:{oid}", "scores": {m: float(p[i]) for m, p in s.scores.items()}})
     if known_rows:
         result["known"] = {r["name"]: r["scores"] for r in known_rows}
 
     if singles is not None:
-        scored["singles"] = S.score_store(singles, entries, name="singles", tsne=tsne)
+        scored["singles"] = S.score_store(singles, entries, name="singles", ensemble=tsne)
     selection = {name: {var: T.selection_function(values, s.scores, s.lenses)
                         for var, values in T.selection_variables(s.truth, band).items()}
                  for name, s in scored.items()}

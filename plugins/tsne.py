@@ -219,23 +219,3 @@ def inspect_cmd(model_path: Path, scores_path: Path, region: str, exact: bool, l
 @hookimpl
 def register_commands(cli):
     cli.add_command(tsne_group)
-
-
-def load_ensemble(models_dir):
-    """OU-T-SNE of a model directory as a scorer ``{model name: P(lens)} -> P(lens)`` (for evaluate).
-
-    Raises FileNotFoundError when the directory has no fitted ``ou_tsne.npz``.
-    """
-    from lensengine.engine.ensemble import ENSEMBLE_FILE, TSNEEnsemble
-    from lensengine.engine.specs import MODEL_NAMES
-
-    path = Path(models_dir) / ENSEMBLE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no fitted OU-T-SNE ({ENSEMBLE_FILE}) in {models_dir}")
-    ensemble = TSNEEnsemble(path)
-
-    def score(inputs: dict) -> np.ndarray:
-        probs = np.column_stack([np.asarray(inputs[name], dtype=np.float32) for name in MODEL_NAMES])
-        return ensemble.score(probs)[0]
-
-    return score

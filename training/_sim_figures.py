@@ -43,6 +43,8 @@ def plot_examples(batch, path, title: str, n: int = 4, dpi: int = 70) -> Path:
             sub = f"θE={float(t['theta_e'][i]):.2f}″ zl={float(t['z_lens'][i]):.2f}"
             sub += f"\nzl2={z2:.2f} " if np.isfinite(z2) else "\n"
             sub += f"zs={float(t['z_source'][i]):.2f} S/N={float(t['arc_snr'][i]):.0f}"
+            if "lens_type" in t and str(t["lens_type"][i]):
+                sub += f" {t['lens_type'][i]}"
         else:
             sub = f"{t['kind'][i]}\nz={float(t['z_lens'][i]):.2f}"
         axes[0, i].set_title(sub, fontsize=7)
@@ -65,7 +67,9 @@ def plot_examples(batch, path, title: str, n: int = 4, dpi: int = 70) -> Path:
 
 
 GALLERY = {"lenses": "sim_lenses.png", "non-lenses": "sim_non_lenses.png",
-           "compound-arcs": "sim_compound_arcs.png", "double-rings": "sim_double_rings.png"}
+           "compound-arcs": "sim_compound_arcs.png", "double-rings": "sim_double_rings.png",
+           "survey-lenses": "sim_survey_lenses.png", "sky-negatives": "sim_sky_negatives.png",
+           "hard-negatives": "sim_hard_negatives.png"}
 
 
 def write_gallery(out_dir, seed: int = 7, n: int = 5) -> list[Path]:

@@ -10,7 +10,11 @@ only interpolates in these tables.
 * Instrument: Euclid Wide, per band zero point (AB magnitude of 1 e-/s), sky
   brightness, read noise and number of exposures from lenstronomy's
   ``SimulationAPI.ObservationConfig.Euclid``; total exposure VIS 1800 s and
-  NISP 264 s (SPEC §2); Gaussian PSFs with per-band FWHM.
+  NISP 264 s (SPEC §2).  Those settings alone give images about 0.7 mag
+  deeper than Euclid Wide (SPEC §6), so the background noise is scaled per
+  band (``depth_scale``) to the published depths (``DEPTH_TARGET``; checked
+  by ``_sim_render.limiting_magnitude`` and a test).  PSFs: Moffat profiles
+  per band (``psf_fwhm``, ``psf_beta``), built by ``_sim_render.psf_kernel``.
 * Colours: SkyPy's kcorrect templates (Blanton & Roweis 2007) with Dirichlet
   coefficients (Herbel et al. 2017 red / blue parameters), observed through
   speclite's Euclid VIS, Y, J, H responses on a redshift grid.
@@ -43,6 +47,8 @@ __all__ = [
     "SedTable",
     "sed_table",
     "SED_CLASSES",
+    "DEPTH_TARGET",
+    "DEPTH_JITTER_MAG",
 ]
 
 H0 = 70.0
@@ -126,8 +132,10 @@ class Instrument:
     read_noise: dict  # e- per exposure
     n_exposures: dict
     exposure_time: dict  # total seconds
-    psf_fwhm: dict  # arcsec, nominal (jittered ±PSF_JITTER per cutout)
+    psf_fwhm: dict  # arcsec, FWHM of the optical PSF before pixel integration (jittered ±PSF_JITTER per cutout)
     pixel_scale: dict
+    psf_beta: dict  # Moffat β of the PSF (smaller: stronger wings)
+    depth_scale: dict  # background σ multiplier that calibrates the depth to DEPTH_TARGET
 
     def sky_rate(self, band: str) -> float:
         """Sky per pixel in e-/s."""
@@ -137,14 +145,30 @@ class Instrument:
         """e-/s of a source of AB magnitude ``mag``."""
         return 10 ** (-0.4 * (np.asarray(mag, dtype=float) - self.zero_point[band]))
 
-    def noise_floor(self, band: str) -> float:
-        """Per-pixel background noise σ (e-/s): sky Poisson + read noise."""
+    def background_variance(self, band: str) -> float:
+        """Per-pixel background variance (e-/s)²: sky Poisson + read noise, times ``depth_scale``²."""
         t = self.exposure_time[band]
         var = self.sky_rate(band) * t + self.n_exposures[band] * self.read_noise[band] ** 2
-        return float(np.sqrt(var) / t)
+        return float(var * self.depth_scale[band] ** 2 / t ** 2)
+
+    def noise_floor(self, band: str) -> float:
+        """Per-pixel background noise σ (e-/s) at the nominal (median) depth."""
+        return float(np.sqrt(self.background_variance(band)))
 
 
 PSF_JITTER = 0.05
+#: Euclid Wide median depths (SPEC §6): band -> (AB magnitude, S/N, source).  VIS: a
+#: galaxy of 0.3″ FWHM (circular Gaussian before the PSF) in a 1.3″-diameter aperture at
+#: 10σ; NISP: a point source at 5σ with PSF-weighted (optimal) photometry, median over
+#: sub-pixel positions.  ``_sim_render.limiting_magnitude`` computes both.
+DEPTH_TARGET = {"VIS": (24.5, 10.0, "extended"), "Y": (24.4, 5.0, "point"), "J": (24.4, 5.0, "point"),
+                "H": (24.4, 5.0, "point")}
+#: per-cutout depth variation across the survey: the background σ is scaled by
+#: 10^(0.4 u), u uniform in ±DEPTH_JITTER_MAG (the nominal depth is the median)
+DEPTH_JITTER_MAG = 0.15
+
+
+_DEPTH_SCALE = {"VIS": 2.191, "Y": 1.503, "J": 1.707, "H": 1.607}
 
 
 def _euclid_instrument() -> Instrument:
@@ -158,8 +182,12 @@ def _euclid_instrument() -> Instrument:
         read_noise={b: float(cam[b]["read_noise"]) for b in BANDS},
         n_exposures={b: int(obs[b]["num_exposures"]) for b in BANDS},
         exposure_time={"VIS": 1800.0, "Y": 264.0, "J": 264.0, "H": 264.0},
-        psf_fwhm={"VIS": 0.17, "Y": 0.40, "J": 0.44, "H": 0.48},
+        psf_fwhm={"VIS": 0.16, "Y": 0.38, "J": 0.40, "H": 0.43},
         pixel_scale={"VIS": 0.1, "Y": 0.3, "J": 0.3, "H": 0.3},
+        psf_beta={"VIS": 2.5, "Y": 3.0, "J": 3.0, "H": 3.0},
+        # background σ multipliers that put the depth at DEPTH_TARGET (computed with
+        # _sim_render.calibrate_depth_scale for these PSFs; a test checks the depth)
+        depth_scale=dict(_DEPTH_SCALE),
     )
 
 

@@ -8,8 +8,11 @@ only tensors, numbers, strings, lists and dicts) holding
 * ``model_state`` and ``optimizer_state`` after ``epoch`` completed epochs;
 * ``best_state``, ``best_epoch``, ``best_val_loss``: the weights of the lowest
   validation loss so far (what gets exported);
-* ``rng``: the torch CPU (and CUDA) generator states, the shuffling generator,
-  NumPy's global state, so a resumed run continues exactly;
+* ``rng``: the torch CPU (and CUDA) generator states, the shuffling generator
+  (which also seeds each epoch's augmentation), NumPy's global state, so a
+  resumed run continues exactly;
+* ``hard_scores``: the P(lens) of every training cutout in the last epoch
+  (hard-negative mining; None when mining is off);
 * ``history`` (per-epoch log rows), ``data`` (load reports), ``stop_reason``.
 
 Files are written to a temporary name and renamed: a crash never leaves half a checkpoint.

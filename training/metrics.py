@@ -13,6 +13,29 @@ challenge:
 Ties are resolved against the finder (a lens tied with a non-lens does not
 count).  With fewer non-lenses than allowed false positives every lens counts.
 The engine may reuse these functions: nothing here imports torch.
+
+Operating points (:func:`operating_point`, :func:`operating_metrics`): a survey
+holds about one lens per 10³–10⁴ galaxies, so what matters is the recall at a
+false-positive rate of 10⁻²–10⁻⁴ on a realistic population of non-lenses.
+
+* Threshold rule: a cutout is flagged when its score is strictly above the
+  threshold ``t``.  For a target FPR ``f`` and ``N`` negatives the number of
+  false positives allowed is ``k = floor(f N)``, and ``t`` is the (k+1)-th
+  highest negative score; so at most ``k`` negatives lie above it (fewer when
+  negatives tie with the (k+1)-th, which then all stay below).  Ties are
+  thereby resolved against the finder, as for TPR0/TPR10: a lens tied with
+  ``t`` is not counted.  TPR is the fraction of lenses strictly above ``t``;
+  the measured FPR (≤ ``f``) is reported beside it.
+* Enough negatives: a figure at FPR ``f`` is given only when ``k >= 10``
+  (``N >= 10 / f``: at least ten false positives at the threshold), else it is
+  None with a reason: below that the threshold sits on one or two negatives
+  and the figure says more about them than about the population.
+* Purity at prevalence π: ``TPR π / (TPR π + FPR (1 − π))`` with the TPR and the
+  measured FPR at one operating threshold (default the FPR 0.1 % one).
+* Bootstrap confidence intervals: lenses and negatives are resampled
+  separately, with replacement, from a generator with a fixed seed; each
+  replicate re-derives the threshold from its own negatives; the interval at
+  level ``L`` holds the central ``L`` of the replicates (percentile method).
 """
 
 from __future__ import annotations
@@ -33,6 +56,15 @@ __all__ = [
     "binary_metrics",
     "recall_by_bins",
     "recall_by_category",
+    "OPERATING_FPRS",
+    "MIN_FALSE_POSITIVES",
+    "DEFAULT_PREVALENCE",
+    "CI_LEVELS",
+    "purity_key",
+    "threshold_at_fpr",
+    "operating_point",
+    "purity",
+    "operating_metrics",
 ]
 
 #: The paper's F-beta weight (precision-heavy) and decision threshold.
@@ -176,4 +208,151 @@ def recall_by_category(y_true, p, categories, threshold: float = THRESHOLD) -> l
     for value in sorted({str(v) for v in c[lens]}):
         sel = lens & (c.astype(str) == value)
         out.append({"value": value, "n": int(sel.sum()), "recall": float(np.mean(s[sel] >= threshold))})
+    return out
+
+
+#: Operating points reported by ``lensengine evaluate``: JSON key -> target false-positive rate.
+OPERATING_FPRS: dict[str, float] = {"tpr_fpr1": 1e-2, "tpr_fpr01": 1e-3, "tpr_fpr001": 1e-4}
+#: A TPR at FPR f is given only with at least this many false positives allowed (N >= 10 / f).
+MIN_FALSE_POSITIVES = 10
+#: One lens per 1 000 galaxies (the purity figure ``purity_1e3``).
+DEFAULT_PREVALENCE = 1e-3
+#: Confidence levels of the bootstrap intervals.
+CI_LEVELS = (0.68, 0.95)
+
+
+def purity_key(prevalence: float) -> str:
+    """``purity_1e3`` for 1e-3, ``purity_1e4`` for 1e-4; ``purity_0.002`` when not a power of ten."""
+    k = -math.log10(prevalence)
+    return f"purity_1e{round(k)}" if abs(k - round(k)) < 1e-9 else f"purity_{prevalence:g}"
+
+
+def _allowed_fp(fpr: float, n_neg: int) -> int:
+    # 1e-9 guards floor(0.001 * 10000) against 9.999999999 in floating point
+    return int(math.floor(fpr * n_neg + 1e-9))
+
+
+def threshold_at_fpr(neg_scores, fpr: float) -> tuple[float, int]:
+    """(threshold, allowed false positives k) for target ``fpr`` (module docstring: strictly above).
+
+    The threshold is the (k+1)-th highest negative score with ``k = floor(fpr N)``.
+    """
+    neg = np.asarray(neg_scores, dtype=np.float64).ravel()
+    if not 0 < fpr < 1:
+        raise ValueError(f"target false-positive rate must be in (0, 1), got {fpr}")
+    if neg.size == 0:
+        raise ValueError("no negatives: a false-positive rate needs non-lenses")
+    k = _allowed_fp(fpr, neg.size)
+    # (k+1)-th highest = element N-1-k of the ascending order
+    return float(np.partition(neg, neg.size - 1 - k)[neg.size - 1 - k]), k
+
+
+def purity(tpr: float, fpr: float, prevalence: float) -> float:
+    """Fraction of flagged objects that are lenses at prevalence π: TPR π / (TPR π + FPR (1 − π))."""
+    if not 0 < prevalence < 1:
+        raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
+    num = tpr * prevalence
+    den = num + fpr * (1.0 - prevalence)
+    return float(num / den) if den > 0 else float("nan")
+
+
+def _scores(name: str, values) -> np.ndarray:
+    s = np.asarray(values, dtype=np.float64).ravel()
+    if not np.isfinite(s).all():
+        raise ValueError(f"{name} scores contain NaN or inf: drop the cutouts a model could not score first")
+    return s
+
+
+def operating_point(lens_scores, neg_scores, fpr: float, *,
+                    min_false_positives: int = MIN_FALSE_POSITIVES) -> dict:
+    """TPR at target ``fpr``: ``{fpr_target, threshold, tpr, fpr, n_fp, k, n_lens, n_neg, reason}``.
+
+    ``tpr`` (and ``threshold``) are None with a ``reason`` when there are no
+    lenses or too few negatives (fewer than ``min_false_positives / fpr``).
+    """
+    lens, neg = _scores("lens", lens_scores), _scores("negative", neg_scores)
+    out = {"fpr_target": float(fpr), "threshold": None, "tpr": None, "fpr": None, "n_fp": None, "k": None,
+           "n_lens": int(lens.size), "n_neg": int(neg.size), "reason": None}
+    need = math.ceil(min_false_positives / fpr - 1e-9)
+    if neg.size < need:
+        out["reason"] = (f"{neg.size} negatives: FPR {fpr:g} needs at least {need} "
+                         f"({min_false_positives} false positives at the threshold)")
+        return out
+    if lens.size == 0:
+        out["reason"] = "no lenses"
+        return out
+    t, k = threshold_at_fpr(neg, fpr)
+    n_fp = int(np.sum(neg > t))
+    out.update(threshold=t, k=k, n_fp=n_fp, fpr=n_fp / neg.size, tpr=float(np.mean(lens > t)))
+    return out
+
+
+def _point_values(lens_sorted: np.ndarray, neg: np.ndarray, fprs: dict[str, float], purity_at: str,
+                  prevalence: float) -> dict[str, float]:
+    """TPRs at each target and the purity for one (re)sample; lens scores sorted ascending."""
+    out = {}
+    for key, f in fprs.items():
+        t, _ = threshold_at_fpr(neg, f)
+        tpr = 1.0 - np.searchsorted(lens_sorted, t, side="right") / lens_sorted.size
+        out[key] = float(tpr)
+        if key == purity_at:
+            out["purity"] = purity(tpr, float(np.sum(neg > t)) / neg.size, prevalence)
+    return out
+
+
+def operating_metrics(lens_scores, neg_scores, *, prevalence: float = DEFAULT_PREVALENCE,
+                      purity_fpr: float = 1e-3, fprs: dict[str, float] | None = None,
+                      bootstrap: int = 1000, levels=CI_LEVELS, seed: int = 0,
+                      min_false_positives: int = MIN_FALSE_POSITIVES) -> dict:
+    """Operating-point figures of one model on one negative set, with bootstrap intervals.
+
+    Returns ``{n_lens, n_neg, auroc, prevalence, purity_fpr, <tpr keys>, <purity key>,
+    points: {key: operating_point(...)}, ci: {key: {"68": [lo, hi], "95": [lo, hi]}},
+    reasons: {key: why it is None}, bootstrap: {n, seed, levels}}``; figures that
+    the negatives cannot support are None (with their reason) and have no interval.
+    """
+    fprs = dict(OPERATING_FPRS if fprs is None else fprs)
+    lens, neg = _scores("lens", lens_scores), _scores("negative", neg_scores)
+    pkey = purity_key(prevalence)
+    purity_at = next((k for k, f in fprs.items() if abs(f - purity_fpr) < 1e-15), None)
+    if purity_at is None:
+        fprs[f"tpr_fpr_{purity_fpr:g}"] = purity_fpr
+        purity_at = f"tpr_fpr_{purity_fpr:g}"
+    points = {key: operating_point(lens, neg, f, min_false_positives=min_false_positives)
+              for key, f in fprs.items()}
+    both = lens.size and neg.size
+    y = np.r_[np.ones(lens.size), np.zeros(neg.size)]
+    out = {"n_lens": int(lens.size), "n_neg": int(neg.size),
+           "auroc": auroc(y, np.r_[lens, neg]) if both else float("nan"),
+           "prevalence": float(prevalence), "purity_fpr": float(purity_fpr)}
+    reasons = {}
+    for key, pt in points.items():
+        out[key] = pt["tpr"]
+        if pt["reason"]:
+            reasons[key] = pt["reason"]
+    at = points[purity_at]
+    out[pkey] = None if at["tpr"] is None else purity(at["tpr"], at["fpr"], prevalence)
+    if at["tpr"] is None:
+        reasons[pkey] = f"no operating threshold at FPR {purity_fpr:g}: {at['reason']}"
+    ci: dict[str, dict[str, list[float]]] = {}
+    valid = {k: f for k, f in fprs.items() if points[k]["tpr"] is not None}
+    if bootstrap > 0 and valid:
+        rng = np.random.default_rng(seed)
+        reps = {k: np.full(bootstrap, np.nan) for k in valid}
+        if purity_at in valid:
+            reps["purity"] = np.full(bootstrap, np.nan)
+        for b in range(bootstrap):
+            lb = np.sort(lens[rng.integers(0, lens.size, lens.size)])
+            nb = neg[rng.integers(0, neg.size, neg.size)]
+            vals = _point_values(lb, nb, valid, purity_at, prevalence)
+            for k, v in vals.items():
+                reps[k][b] = v
+        for k, r in reps.items():
+            name = pkey if k == "purity" else k
+            r = r[np.isfinite(r)]
+            if r.size:
+                ci[name] = {f"{round(100 * lv)}": [float(np.quantile(r, (1 - lv) / 2)),
+                                                   float(np.quantile(r, (1 + lv) / 2))] for lv in levels}
+    out.update(points=points, ci=ci, reasons=reasons,
+               bootstrap={"n": int(bootstrap), "seed": int(seed), "levels": [float(lv) for lv in levels]})
     return out

@@ -37,6 +37,9 @@ __all__ = [
     "KINDS",
     "LabelRule",
     "LABEL_RULE",
+    "HARD_RULE",
+    "TRAIN_RULE",
+    "kind_rule",
     "TRUTH_COLUMNS",
     "cutout_seed",
     "render_cutout",
@@ -45,7 +48,12 @@ __all__ = [
     "example_store",
 ]
 
-KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings")
+KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings", "survey-lenses", "sky-negatives",
+         "hard-negatives", "training-mix")
+#: kinds whose every cutout is meant to be a lens
+LENS_KINDS = ("lenses", "compound-arcs", "double-rings", "survey-lenses")
+#: training-mix non-lenses: lens-like ellipticals (deflector population), the sky's mix, confusers
+TRAINING_NEGATIVES = {"elliptical": 0.4, "sky": 0.3, "hard": 0.3}
 MAX_ATTEMPTS = 20
 TILE = "sim"
 SURVEY = "euclid-sim"
@@ -62,6 +70,21 @@ class LabelRule:
 
 
 LABEL_RULE = LabelRule()
+#: the detection limit: the label of ``survey-lenses`` (the hard tail down to arc S/N 6)
+HARD_RULE = LabelRule(min_pixels=8, min_snr=6.0)
+#: the label of ``training-mix`` lenses: visible arcs, but not only the easy ones
+TRAIN_RULE = LabelRule(min_pixels=12, min_snr=10.0)
+#: kind -> its default labelling rule
+KIND_RULES = {"survey-lenses": HARD_RULE, "training-mix": TRAIN_RULE}
+
+
+def kind_rule(kind: str, min_arc_snr: float | None = None) -> LabelRule:
+    """The labelling rule of ``kind`` (``LABEL_RULE`` unless listed in ``KIND_RULES``), optionally with
+    its arc S/N threshold replaced by ``min_arc_snr``."""
+    import dataclasses
+
+    rule = KIND_RULES.get(kind, LABEL_RULE)
+    return rule if min_arc_snr is None else dataclasses.replace(rule, min_snr=float(min_arc_snr))
 
 #: truth column -> numpy dtype string (the store's truth schema)
 TRUTH_COLUMNS: dict[str, str] = {
@@ -86,6 +109,13 @@ TRUTH_COLUMNS: dict[str, str] = {
     "y_lens": "float32",
     **{f"psf_fwhm_{b}": "float32" for b in BANDS},
     "attempts": "int8",
+    "label_easy": "int8",
+    "lens_type": "str",
+    "n_deflectors": "int8",
+    "source_type": "str",
+    "source_re": "float32",
+    "n_neighbours": "int16",
+    "depth_offset": "float32",
 }
 
 
@@ -107,33 +137,43 @@ def _check_options(kind: str, lens_fraction: float, source_colour: str) -> None:
 
 
 def render_cutout(kind: str, seed: int, *, lens_fraction: float = 0.72, source_colour: str = "mixed",
-                  rule: LabelRule = LABEL_RULE):
-    """Render one cutout from its own seed: ``(vis (200,200), nisp (3,66,66), truth dict)``."""
+                  rule: LabelRule | None = None):
+    """Render one cutout from its own seed: ``(vis (200,200), nisp (3,66,66), truth dict)``.
+
+    ``rule`` defaults to the kind's (:func:`kind_rule`); ``label_easy`` in the
+    truth always applies ``LABEL_RULE``.
+    """
+    from lensengine.training._sim_physics import INSTRUMENT
     from lensengine.training._sim_render import arc_statistics, render
-    from lensengine.training._sim_scenes import sample_compound, sample_non_lens, sample_single_lens
+    from lensengine.training._sim_scenes import (
+        HARD_NEGATIVE_MIX, SKY_NEGATIVE_MIX, sample_compound, sample_non_lens, sample_single_lens,
+        sample_survey_lens,
+    )
 
     _check_options(kind, lens_fraction, source_colour)
+    rule = kind_rule(kind) if rule is None else rule
     rng = np.random.default_rng(seed)
-    want_lens = kind in ("lenses", "compound-arcs", "double-rings") or (
-        kind == "mixed" and rng.uniform() < lens_fraction)
+    want_lens = kind in LENS_KINDS or (kind in ("mixed", "training-mix") and rng.uniform() < lens_fraction)
     attempts = 0
     while True:
         attempts += 1
         if not want_lens:
-            scene, truth = sample_non_lens(rng)
+            scene, truth = _sample_negative(kind, rng, sample_non_lens, SKY_NEGATIVE_MIX, HARD_NEGATIVE_MIX)
         elif kind in ("compound-arcs", "double-rings"):
             scene, truth = sample_compound(rng, kind, source_colour)
+        elif kind in ("survey-lenses", "training-mix"):
+            scene, truth = sample_survey_lens(rng, source_colour)
         else:
             scene, truth = sample_single_lens(rng, source_colour)
         out = render(scene, rng)
         npix, snr, n_img = arc_statistics(out.lensed_vis, out.sigma_vis, rule.k_sigma)
         if truth.label_candidate:
-            from lensengine.training._sim_physics import INSTRUMENT
-
             mu = float(out.lensed_vis.sum() / INSTRUMENT.flux("VIS", truth.mag_source[0]))
-            is_lens = npix >= rule.min_pixels and snr >= rule.min_snr and mu >= rule.min_magnification
+            is_lens = _passes(rule, npix, snr, mu)
+            easy = _passes(LABEL_RULE, *arc_statistics(out.lensed_vis, out.sigma_vis, LABEL_RULE.k_sigma)[:2], mu) \
+                if LABEL_RULE.k_sigma != rule.k_sigma else _passes(LABEL_RULE, npix, snr, mu)
         else:
-            mu, is_lens = float("nan"), False
+            mu, is_lens, easy = float("nan"), False, False
         if is_lens or not want_lens or attempts >= MAX_ATTEMPTS:
             break
     t = {
@@ -145,8 +185,31 @@ def render_cutout(kind: str, seed: int, *, lens_fraction: float = 0.72, source_c
         "source_colour": truth.source_colour, "n_images": n_img if truth.label_candidate else 0,
         "arc_snr": snr, "arc_pixels": npix, "magnification": mu, "x_lens": truth.x_lens, "y_lens": truth.y_lens,
         **{f"psf_fwhm_{b}": out.fwhm[b] for b in BANDS}, "attempts": attempts,
+        "label_easy": int(easy), "lens_type": truth.lens_type, "n_deflectors": truth.n_deflectors,
+        "source_type": truth.source_type, "source_re": truth.source_re, "n_neighbours": truth.n_neighbours,
+        "depth_offset": out.depth_offset,
     }
     return out.vis, out.nisp, t
+
+
+def _passes(rule: LabelRule, npix: int, snr: float, mu: float) -> bool:
+    return npix >= rule.min_pixels and snr >= rule.min_snr and mu >= rule.min_magnification
+
+
+def _sample_negative(kind, rng, sample_non_lens, sky_mix, hard_mix):
+    """The non-lens scene of ``kind``: challenge-like (``non-lenses``, ``mixed``), the sky's mix, confusers only,
+    or the training mix of the three (``TRAINING_NEGATIVES``)."""
+    if kind == "training-mix":
+        names = list(TRAINING_NEGATIVES)
+        kind = {"elliptical": "lens-like", "sky": "sky-negatives", "hard": "hard-negatives"}[
+            names[rng.choice(len(names), p=np.array(list(TRAINING_NEGATIVES.values())))]]
+    if kind == "sky-negatives":
+        return sample_non_lens(rng, mix=sky_mix, central="sky", environment="sky")
+    if kind == "hard-negatives":
+        return sample_non_lens(rng, mix=hard_mix, environment="sky")
+    if kind == "lens-like":
+        return sample_non_lens(rng, "elliptical", central="lens-like", environment="sky")
+    return sample_non_lens(rng)
 
 
 def _sky_position(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +220,7 @@ def _sky_position(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def simulate_batch(kind: str, n: int, seed: int, start_index: int = 0, *, lens_fraction: float = 0.72,
-                   source_colour: str = "mixed", rule: LabelRule = LABEL_RULE):
+                   source_colour: str = "mixed", rule: LabelRule | None = None):
     """Render cutouts ``start_index .. start_index + n - 1`` of a run as a :class:`CutoutBatch`."""
     from threadpoolctl import threadpool_limits
 
@@ -189,7 +252,7 @@ def _blocks(n: int, block: int) -> list[tuple[int, int]]:
 
 def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float = 0.72, source_colour: str = "mixed",
                    workers: int = 1, chunk_size: int = 1024, progress: bool = True, block: int = 32,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, min_arc_snr: float | None = None) -> Path:
     """Simulate ``n`` cutouts into a new survey store (tile ``sim``); returns its path.
 
     With ``workers`` > 1 the blocks are rendered on a local Dask cluster of
@@ -202,9 +265,14 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     path = Path(path)
-    options = {"lens_fraction": lens_fraction, "source_colour": source_colour}
-    provenance = {"generator": "lensengine.training.simulate", "kind": kind, "n": n, "seed": seed, **options,
-                  "label_rule": LABEL_RULE.__dict__, "units": "e-/s per pixel, sky subtracted"}
+    from lensengine.training._sim_scenes import real_stamps
+
+    rule = kind_rule(kind, min_arc_snr)
+    options = {"lens_fraction": lens_fraction, "source_colour": source_colour, "rule": rule}
+    provenance = {"generator": "lensengine.training.simulate", "kind": kind, "n": n, "seed": seed,
+                  "lens_fraction": lens_fraction, "source_colour": source_colour, "label_rule": dict(rule.__dict__),
+                  "easy_rule": dict(LABEL_RULE.__dict__), "real_stamps": len(real_stamps()),
+                  "units": "e-/s per pixel, sky subtracted"}
     store = SurveyStore.create(path, survey=SURVEY, chunk_size=chunk_size, truth_columns=TRUTH_COLUMNS,
                                provenance=provenance, overwrite=overwrite)
     blocks = _blocks(n, block)

@@ -14,16 +14,23 @@ import click
 
 from lensengine.plugins import hookimpl
 
-KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings")
+#: the same as lensengine.training.simulate.KINDS (a test checks), kept here so --help needs no numpy
+KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings", "survey-lenses", "sky-negatives",
+         "hard-negatives", "training-mix")
 
 
 @click.command("simulate")
-@click.option("--kind", required=True, type=click.Choice(KINDS), help="What to simulate.")
+@click.option("--kind", required=True, type=click.Choice(KINDS),
+              help="What to simulate: challenge-like lenses / non-lenses / mixed, compound-arcs, double-rings; "
+                   "survey-lenses (realistic lenses down to the detection limit), sky-negatives (the sky's "
+                   "galaxy mix), hard-negatives (confusers only), training-mix (survey lenses + a negative mix).")
 @click.option("-n", "n", required=True, type=click.IntRange(min=1), help="Number of cutouts.")
 @click.option("--seed", required=True, type=int, help="Run seed; cutout i is reproducible from (seed, i) alone.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Store to create (STORE.zarr).")
 @click.option("--lens-fraction", default=0.72, show_default=True, type=click.FloatRange(0, 1),
-              help="Fraction of lenses in --kind mixed (the challenge's training set: ~0.72).")
+              help="Fraction of lenses in --kind mixed and training-mix (the challenge's training set: ~0.72).")
+@click.option("--min-arc-snr", type=click.FloatRange(min=0), default=None,
+              help="Arc S/N a lens must reach (default: the kind's rule: 25; survey-lenses 6; training-mix 10).")
 @click.option("--source-colour", default="mixed", show_default=True, type=click.Choice(("blue", "red", "mixed")),
               help="Spectral class of the lensed sources.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
@@ -35,8 +42,8 @@ KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings")
 @click.option("--published-weights", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="With --report: also score the set with the paper's OU-66 and OU-200 (realism check).")
 @click.pass_context
-def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, source_colour, workers, chunk_size, overwrite, report,
-                 published_weights):
+def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, min_arc_snr, source_colour, workers, chunk_size, overwrite,
+                 report, published_weights):
     """Simulate Euclid-like cutouts (VIS 200×200 at 0.1″, NISP Y/J/H 66×66 at 0.3″, e-/s) with truth.
 
     Example: lensengine simulate --kind mixed -n 2000 --seed 1 --out train.zarr --report
@@ -51,7 +58,8 @@ def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, source_colour, workers,
     t0 = time.perf_counter()
     try:
         path = simulate_store(out, kind, n, seed, lens_fraction=lens_fraction, source_colour=source_colour,
-                              workers=workers, chunk_size=chunk_size, progress=not quiet, overwrite=overwrite)
+                              workers=workers, chunk_size=chunk_size, progress=not quiet, overwrite=overwrite,
+                              min_arc_snr=min_arc_snr)
     except ValueError as exc:
         raise click.UsageError(str(exc))
     elapsed = time.perf_counter() - t0

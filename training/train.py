@@ -4,7 +4,13 @@
 :mod:`lensengine.training.data` (the engine's Preprocessor), trains with Adam
 and class-weighted cross-entropy on the two logits, keeps the weights of the
 lowest validation loss, writes a CSV log and a checkpoint after every epoch,
-and exports the best weights as ONNX at the end.  A run is resumable exactly:
+and exports the best weights as ONNX at the end.  The sky recipe (issue 11)
+adds per-cutout augmentation (:class:`~lensengine.training.data.Augmenter`:
+the eight flips/turns and raw-band noise, blur and sky jitter), hard-negative
+mining (the negatives the network scored highest in the last epoch are seen
+more often in the next) and L2-SP (Li et al. 2018: a penalty
+``l2sp/2 · Σ‖w − w0‖²`` pulling the conv and linear weights towards the
+published weights ``w0`` they started from).  A run is resumable exactly:
 the checkpoint carries the model, the optimiser, every random state and the
 best-so-far, and a resumed run reproduces an uninterrupted one bit for bit
 (CPU, same precision and thread count).
@@ -33,24 +39,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from lensengine.engine.specs import MODEL_NAMES, get_spec
 from lensengine.training.checkpoint import (capture_rng, export_checkpoint, load_checkpoint, restore_rng,
                                            save_checkpoint)
-from lensengine.training.data import BatchLoader, CutoutSet, load_cutouts, split_indices
+from lensengine.training.data import AUGMENT_MODES, Augmenter, BatchLoader, CutoutSet, load_cutouts, split_indices
 from lensengine.training.networks import build_model
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "TrainResult", "FAMILY_BATCH", "train", "train_all", "resolve_device",
-           "resolve_precision", "cpu_has_bf16", "measure_throughput", "LOG_COLUMNS"]
+           "resolve_precision", "cpu_has_bf16", "measure_throughput", "make_augmenter", "LOG_COLUMNS"]
 
 #: The paper's batch sizes per architecture family (published code: 500 for both).
 FAMILY_BATCH = {"OU-66": 250, "OU-200": 125}
 
 LOG_COLUMNS = ("time_utc", "elapsed_s", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-               "epoch_s", "train_s", "data_wait_frac", "img_per_s", "best")
+               "epoch_s", "train_s", "data_wait_frac", "img_per_s", "best", "l2sp", "n_hard")
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,14 @@ class TrainConfig:
     class_weights: bool = True         # CE weights: non-lens by the lens fraction, lens by the non-lens fraction
     seed: int = 0                      # torch init/dropout, shuffle generator, validation split
     shuffle: bool = True               # reshuffle the training set every epoch (seeded generator)
-    augment: bool = False              # random flips/90-degree turns; OFF: the PSF's symmetry pitfall (SPEC §10)
+    augment: str = "full"              # none | flips (8 dihedral transforms per cutout) | full (flips + raw-band
+                                       # noise/blur/sky jitter before preprocessing; needs the raw cache)
+    aug_noise_max: float = 1.0         # extra noise rms U(0, this) x the cutout's border rms, per band
+    aug_blur_max_px: float = 0.5       # Gaussian blur sigma U(0, this) native pixels, per band
+    aug_gradient_max: float = 0.5      # linear sky gradient U(0, this) x border rms edge to edge, per band
+    hard_negatives: float = 0.0        # fraction of training negatives with the highest P(lens) last epoch ...
+    hard_negative_boost: int = 2       # ... seen this many times in the next epoch (hard_negatives 0: no mining)
+    l2sp: float = 0.01                 # L2-SP strength towards the init_from weights (ignored without init_from)
     val_fraction: float = 0.1          # split off the training store when no validation store is given
     max_train: int | None = None       # use at most this many training cutouts (store order)
     max_val: int | None = None         # use at most this many validation cutouts
@@ -77,7 +91,8 @@ class TrainConfig:
     channels_last: bool = True         # NHWC kernels: faster on CPU (oneDNN/AMX) and tensor cores
     cache: str = "auto"                # data held as "prepared" inputs, "raw" bands, or auto by memory
     max_memory_gb: float = 6.0         # budget for the prepared cache when cache="auto"
-    prefetch: int = 3                  # batches assembled ahead on a background thread
+    prefetch: int = 3                  # batches assembled ahead on background threads
+    loader_workers: int = 1            # threads assembling batches (more on a GPU machine with spare cores)
     num_threads: int | None = None     # torch intra-op threads (None: torch default)
     init_from: str = ""                # "": He-normal init; else a directory of the published OU_*_Weights.pt
                                        # to fine-tune from (recorded in the exported model's config)
@@ -92,17 +107,30 @@ class TrainConfig:
             raise ValueError(f"batch size {bs}, epochs {self.epochs} and lr {self.lr} must be positive")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)}, got {self.augment!r}")
+        if not 0 <= self.hard_negatives < 1 or self.hard_negative_boost < 1:
+            raise ValueError(f"hard_negatives must be in [0, 1) and hard_negative_boost >= 1, got "
+                             f"{self.hard_negatives} and {self.hard_negative_boost}")
+        if self.l2sp < 0:
+            raise ValueError(f"l2sp must be >= 0, got {self.l2sp}")
+        if self.augment == "full" and self.cache == "prepared":
+            raise ValueError("augment 'full' jitters the raw bands before preprocessing: use cache 'raw' or "
+                             "'auto', not 'prepared' (or augment 'flips')")
         return replace(self, batch_size=bs)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("augment"), bool):  # checkpoints before the sky recipe: a per-batch flag
+            values["augment"] = "flips" if values["augment"] else "none"
+        return cls(**values)
 
 
 # Fields a resumed run may change; the others must match the checkpoint.
-_RESUMABLE_CHANGES = {"epochs", "early_stop", "max_time_min", "num_threads", "prefetch", "device",
-                      "cache", "max_memory_gb", "train_store", "val_store"}
+_RESUMABLE_CHANGES = {"epochs", "early_stop", "max_time_min", "num_threads", "prefetch", "loader_workers",
+                      "device", "cache", "max_memory_gb", "train_store", "val_store"}
 
 
 @dataclass
@@ -120,10 +148,14 @@ class TrainResult:
 
 # --- devices and precision ---------------------------------------------------------------------------
 
-def cpu_has_bf16() -> bool:
-    """True when /proc/cpuinfo lists AMX-BF16 or AVX512-BF16 (bf16 autocast is then fast on CPU)."""
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when ``cpuinfo`` lists AMX-BF16 or AVX512-BF16 (bf16 autocast is then fast on CPU).
+
+    Without them oneDNN emulates bf16 and autocast is slower than fp32 (AVX2-only AMD EPYC, 2 cores:
+    OU-66 training steps 6.9 img/s bf16 against 27.7 fp32), so ``precision="auto"`` picks fp32 there.
+    """
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(cpuinfo) as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
@@ -167,35 +199,73 @@ def _to_device(x: np.ndarray, device: torch.device, channels_last: bool) -> torc
     return t.contiguous(memory_format=torch.channels_last) if channels_last else t
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and k*90 degree turn per batch (drawn from the shuffle generator)."""
-    k, flip = torch.randint(0, 4, (2,), generator=gen).tolist()
-    if flip % 2:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k, dims=(-2, -1))
+def make_augmenter(cfg: TrainConfig) -> Augmenter | None:
+    """The training-batch augmenter the config asks for (None for augment "none")."""
+    if cfg.augment == "none":
+        return None
+    return Augmenter(cfg.augment, get_spec(cfg.model).bands, noise_max=cfg.aug_noise_max,
+                     blur_max_px=cfg.aug_blur_max_px, gradient_max=cfg.aug_gradient_max)
+
+
+def _l2sp_anchor(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, frozen copy) for every conv and linear weight: the w0 of L2-SP (biases are left free)."""
+    return [(m.weight, m.weight.detach().clone()) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _l2sp_penalty(anchor) -> torch.Tensor:
+    return sum(((w - w0) ** 2).sum() for w, w0 in anchor)
+
+
+def _epoch_order(n: int, labels: np.ndarray, cfg: TrainConfig, gen: torch.Generator, scores) -> np.ndarray:
+    """This epoch's training order: every cutout once, plus the hardest negatives ``boost - 1`` more times.
+
+    The hard negatives are the top ``hard_negatives`` fraction of the training
+    negatives by the P(lens) they got in the previous epoch (ties broken by row).
+    """
+    rows = np.arange(n)
+    if cfg.hard_negatives > 0 and scores is not None and cfg.hard_negative_boost > 1:
+        neg = np.flatnonzero(labels == 0)
+        k = int(math.ceil(cfg.hard_negatives * neg.size))
+        hardest = neg[np.argsort(-scores[neg], kind="stable")[:k]]
+        rows = np.concatenate([rows] + [hardest] * (cfg.hard_negative_boost - 1))
+    if not cfg.shuffle:
+        return rows
+    return rows[torch.randperm(rows.size, generator=gen).numpy()]
 
 
 def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision, criterion, optimizer=None,
-               scaler=None, gen=None, progress=None, task=None) -> dict:
-    """Train (optimizer given) or evaluate over ``order``; returns loss, accuracy, timings."""
+               scaler=None, progress=None, task=None, augmenter=None, aug_seed: int = 0, anchor=None) -> dict:
+    """Train (optimizer given) or evaluate over ``order``; returns loss, accuracy, timings.
+
+    With hard-negative mining, training also returns ``scores``: the P(lens) each
+    training row got in its last forward pass of the epoch (NaN if unseen).
+    ``anchor`` (L2-SP) adds ``l2sp/2 · Σ‖w − w0‖²`` to the training loss; the
+    logged loss stays the cross-entropy alone, comparable with validation.
+    """
     training = optimizer is not None
     net.train(training)
-    loader = BatchLoader(data, order, cfg.batch_size, prefetch=cfg.prefetch)
-    loss_sum = weight_sum = 0.0
-    correct = n = 0
+    loader = BatchLoader(data, order, cfg.batch_size, prefetch=cfg.prefetch,
+                         augmenter=augmenter if training else None, seed=aug_seed, workers=cfg.loader_workers)
+    loss_sum = weight_sum = penalty_sum = 0.0
+    correct = n = batches = 0
+    scores = np.full(len(data), np.nan, dtype=np.float32) if training and cfg.hard_negatives > 0 else None
     t0 = time.perf_counter()
     with torch.set_grad_enabled(training):
         for x_np, y_np in loader:
             x = _to_device(x_np, device, cfg.channels_last)
             y = torch.from_numpy(y_np).to(device)
-            if training and cfg.augment:
-                x = _augment(x, gen)
             with _autocast(device, precision):
                 logits = net(x)
             per = criterion(logits.float(), y)
             w = criterion.weight[y] if criterion.weight is not None else torch.ones_like(per)
             loss = per.sum() / w.sum()
             if training:
+                if anchor:
+                    penalty = _l2sp_penalty(anchor)
+                    loss = loss + 0.5 * cfg.l2sp * penalty
+                    penalty_sum += float(penalty.detach())
+                if scores is not None:
+                    scores[order[n:n + len(y_np)]] = logits.detach().float().softmax(1)[:, 1].cpu().numpy()
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -208,20 +278,24 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
             weight_sum += float(w.sum())
             correct += int((logits.detach().argmax(1) == y).sum())
             n += len(y_np)
+            batches += 1
             if progress is not None:
                 progress.update(task, advance=1, loss=loss_sum / max(weight_sum, 1e-12))
     seconds = time.perf_counter() - t0
     return {"loss": loss_sum / weight_sum if weight_sum else float("nan"),
             "acc": correct / n if n else float("nan"), "seconds": seconds,
             "wait_frac": loader.wait_s / seconds if seconds > 0 else 0.0,
-            "img_per_s": n / seconds if seconds > 0 else float("nan")}
+            "img_per_s": n / seconds if seconds > 0 else float("nan"),
+            "l2sp": 0.5 * cfg.l2sp * penalty_sum / batches if (anchor and batches) else 0.0, "scores": scores}
 
 
 # --- data ----------------------------------------------------------------------------------------
 
 def _load_data(cfg: TrainConfig, data, val, spec) -> tuple[CutoutSet, CutoutSet, dict]:
+    # augment "full" perturbs raw bands, so the training set must keep them (validation is never augmented)
+    train_cache = "raw" if cfg.augment == "full" else cfg.cache
     if val is not None:
-        train_set, rep = load_cutouts(data, spec, limit=cfg.max_train, cache=cfg.cache,
+        train_set, rep = load_cutouts(data, spec, limit=cfg.max_train, cache=train_cache,
                                       max_memory_gb=cfg.max_memory_gb)
         val_set, vrep = load_cutouts(val, spec, limit=cfg.max_val, cache=cfg.cache,
                                      max_memory_gb=cfg.max_memory_gb / 4)
@@ -230,7 +304,7 @@ def _load_data(cfg: TrainConfig, data, val, spec) -> tuple[CutoutSet, CutoutSet,
         limit = None
         if cfg.max_train is not None:
             limit = math.ceil(cfg.max_train / (1 - cfg.val_fraction)) + 1
-        full, rep = load_cutouts(data, spec, limit=limit, cache=cfg.cache, max_memory_gb=cfg.max_memory_gb)
+        full, rep = load_cutouts(data, spec, limit=limit, cache=train_cache, max_memory_gb=cfg.max_memory_gb)
         tr, va = split_indices(len(full), cfg.val_fraction, cfg.seed)
         if cfg.max_train is not None:
             tr = tr[: cfg.max_train]
@@ -324,7 +398,7 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
 
     torch.manual_seed(cfg.seed)
     net = build_model(spec)
-    if cfg.init_from and ckpt is None:
+    if cfg.init_from:  # also on resume: the published weights are the L2-SP anchor w0
         from lensengine.training.export import load_published
 
         net.load_state_dict(load_published(cfg.init_from, spec.name).state_dict())
@@ -332,13 +406,18 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     net = net.to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    anchor = _l2sp_anchor(net) if (cfg.init_from and cfg.l2sp > 0) else None
+    augmenter = make_augmenter(cfg)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     gen = torch.Generator().manual_seed(cfg.seed)
 
     epoch, best_epoch, best_val, best_state, history, since_best = 0, 0, math.inf, None, [], 0
+    hard_scores = None  # P(lens) of every training row in the last epoch (hard-negative mining)
     if ckpt is not None:
         net.load_state_dict(ckpt["model_state"])
+        if ckpt.get("hard_scores") is not None:
+            hard_scores = ckpt["hard_scores"].numpy()
         optimizer.load_state_dict(ckpt["optimizer_state"])
         if scaler is not None and ckpt.get("scaler_state"):
             scaler.load_state_dict(ckpt["scaler_state"])
@@ -356,7 +435,10 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     run_t0 = (history[-1]["elapsed_s"] if history else 0.0)
     stop_reason, epochs_this_call = "epochs", 0
     val_order = np.arange(len(val_set))
-    with _progress(progress) as bar:
+    # NumPy's BLAS only serves the batch threads, which run beside torch's own: one BLAS thread each.
+    # A multi-threaded OpenBLAS spin-waits when the cores are busy (measured: 9.7 s instead of 0.43 s
+    # to preprocess an OU-66 batch of 250 on 2 loaded cores).
+    with _progress(progress) as bar, threadpool_limits(limits=1, user_api="blas"):
         while epoch < cfg.epochs:
             if cfg.early_stop is not None and since_best >= cfg.early_stop:
                 stop_reason = f"early stop: no lower validation loss for {cfg.early_stop} epochs"
@@ -370,12 +452,18 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
                     stop_reason = f"time budget of {cfg.max_time_min} min"
                     break
             t_epoch = time.perf_counter()
-            order = (torch.randperm(len(train_set), generator=gen).numpy() if cfg.shuffle
-                     else np.arange(len(train_set)))
+            order = _epoch_order(len(train_set), train_set.labels, cfg, gen, hard_scores)
+            n_hard = len(order) - len(train_set)
+            # one seed per epoch from the shuffle generator; each batch derives its own from (seed, batch)
+            aug_seed = int(torch.randint(0, 2**62, (1,), generator=gen)) if augmenter is not None else 0
             task = bar.add_task(f"{spec.name} epoch {epoch + 1}/{cfg.epochs}", total=len(order) // cfg.batch_size
                                 + bool(len(order) % cfg.batch_size), loss=float("nan"))
-            tr = _run_epoch(net, train_set, order, cfg, device, precision, criterion, optimizer, scaler, gen,
-                            bar, task)
+            tr = _run_epoch(net, train_set, order, cfg, device, precision, criterion, optimizer, scaler,
+                            bar, task, augmenter=augmenter, aug_seed=aug_seed, anchor=anchor)
+            if cfg.hard_negatives > 0:
+                # rows the epoch did not reach keep their previous score
+                fresh = tr["scores"]
+                hard_scores = fresh if hard_scores is None else np.where(np.isnan(fresh), hard_scores, fresh)
             bar.remove_task(task)
             va = _run_epoch(net, val_set, val_order, cfg, device, val_precision, criterion)
             epoch += 1
@@ -392,7 +480,7 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
                    "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
                    "lr": cfg.lr, "epoch_s": round(epoch_s, 3), "train_s": round(tr["seconds"], 3),
                    "data_wait_frac": round(tr["wait_frac"], 4), "img_per_s": round(tr["img_per_s"], 1),
-                   "best": int(improved)}
+                   "best": int(improved), "l2sp": round(tr["l2sp"], 6), "n_hard": n_hard}
             history.append(row)
             log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f%s | %.0f img/s, data wait %.1f%%",
                      spec.name, epoch, tr["loss"], tr["acc"], va["loss"], va["acc"], " *" if improved else "",
@@ -404,10 +492,11 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
                 "scaler_state": scaler.state_dict() if scaler is not None else None,
                 "best_state": best_state, "best_epoch": best_epoch, "best_val_loss": best_val,
                 "rng": capture_rng(gen), "history": history, "data": data_report, "stop_reason": None,
+                "hard_scores": torch.from_numpy(hard_scores.copy()) if hard_scores is not None else None,
             }
             save_checkpoint(last_path, state)
             if improved:
-                save_checkpoint(best_path, {**state, "optimizer_state": {}, "rng": {}})
+                save_checkpoint(best_path, {**state, "optimizer_state": {}, "rng": {}, "hard_scores": None})
             _write_log(out / "log.csv", history)
 
     if epoch >= cfg.epochs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,9 @@ def test_evaluate_two_dirs_matches_torch_and_writes_report(setup, tmp_path):
     assert "published:OU-J" in md and "Recall by `theta_e`" in md
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["n_lens"] == report["n_lens"]
     summary = summary_json(report)
-    assert set(summary["OU-J"]) == {"n", "auroc", "f1", "fbeta", "precision", "recall", "accuracy", "tpr0", "tpr10"}
+    assert set(summary["OU-J"]) == {"n", "auroc", "f1", "fbeta", "precision", "recall", "accuracy", "tpr0", "tpr10",
+                                    "n_lens", "n_neg", "tpr_fpr1", "tpr_fpr01", "tpr_fpr001", "purity_1e3", "ci",
+                                    "reasons", "negatives"}
 
 
 def test_cli_evaluate_json(setup):
@@ -106,3 +109,60 @@ def test_cli_evaluate_json(setup):
     res = CliRunner().invoke(cli, ["evaluate", "--models", str(root / "ours"), "--models", str(root / "ours"),
                                    "--models", str(root / "ours"), "--data", str(store)])
     assert res.exit_code == 2 and "occur twice" in res.output
+
+
+def test_operating_points_per_negative_set_and_checks(setup, tmp_path):
+    from lensengine.training.evaluate import evaluate, summary_json
+    from lensengine.training.metrics import operating_metrics, tpr_at_fp
+
+    root, store, nets = setup
+    y, p = _torch_scores(store, nets[("ours", "OU-VIS")], "OU-VIS")
+    # min_false_positives=0 lets the 24-odd toy negatives give a figure: k = 0 at FPR 1 %, i.e. TPR0
+    report = evaluate([root / "ours"], None, tmp_path / "rep", lenses=store,
+                      negatives={"hard": store}, checks={"again": store}, bootstrap=50, seed=3,
+                      min_false_positives=0, ensembles={})
+    assert report["primary_negatives"] == "hard"
+    op = report["models"]["OU-VIS"]["operating"]["hard"]
+    assert op["n_lens"] == int((y == 1).sum()) and op["n_neg"] == int((y == 0).sum())
+    assert op["tpr_fpr1"] == pytest.approx(tpr_at_fp(y, p, 0), abs=1e-6)
+    expected = operating_metrics(p[y == 1], p[y == 0], bootstrap=50, seed=3, min_false_positives=0)
+    for key in ("tpr_fpr1", "tpr_fpr01", "purity_1e3"):
+        want = expected[key]
+        if want is not None and math.isnan(want):  # 0/0 purity: null in JSON
+            assert op[key] is None, key
+        else:
+            assert op[key] == pytest.approx(want, abs=1e-6), key
+    assert op["ci"]["tpr_fpr1"]["95"] == pytest.approx(expected["ci"]["tpr_fpr1"]["95"], abs=1e-6)
+    # the check store: cutouts above the FPR 1 % threshold of 'hard' (its highest negative)
+    chk = report["models"]["OU-VIS"]["checks"]["again"]
+    t = p[y == 0].max()
+    assert chk["above"]["tpr_fpr1"] == int(np.sum(p > t))
+    assert chk["max_p"] == pytest.approx(p.max(), abs=1e-6)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Operating points" in md and "Negatives `hard`" in md and "Check `again`" in md
+    # the default rule: 10 false positives needed, so every figure is null with its reason;
+    # a mixed store alone gives the negative set "data"
+    report = evaluate([root / "ours"], store, None, bootstrap=0, ensembles={})
+    s = summary_json(report)["OU-J"]
+    assert s["tpr_fpr1"] is None and "needs at least 1000" in s["reasons"]["tpr_fpr1"]
+    assert set(s["negatives"]) == {"data"} and report["primary_negatives"] == "data"
+
+
+def test_cli_evaluate_negatives_and_usage(setup):
+    from click.testing import CliRunner
+
+    from lensengine.engine.cli import _register_plugin_commands, cli
+
+    root, store, _ = setup
+    _register_plugin_commands()
+    res = CliRunner().invoke(cli, ["evaluate", "--models", str(root / "pub"), "--lenses", str(store),
+                                   "--negatives", f"sky={store}", "--bootstrap", "20", "--min-fp", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)["OU-J"]
+    assert out["tpr_fpr1"] is not None and "95" in out["ci"]["tpr_fpr1"]
+    assert set(out["negatives"]) == {"sky"}
+    res = CliRunner().invoke(cli, ["evaluate", "--models", str(root / "pub"), "--lenses", str(store)])
+    assert res.exit_code == 2 and "--negatives" in res.output
+    res = CliRunner().invoke(cli, ["evaluate", "--models", str(root / "pub"), "--data", str(store),
+                                   "--negatives", f"a={store}", "--negatives", f"a={store}"])
+    assert res.exit_code == 2 and "given twice" in res.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def _cfg(**kw):
     from lensengine.training.train import TrainConfig
 
     base = dict(model="OU-JYH", epochs=3, batch_size=16, lr=1e-3, precision="fp32", val_fraction=0.25, seed=7,
-                prefetch=2, max_train=48, max_val=12)
+                prefetch=2, max_train=48, max_val=12, augment="none")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -127,15 +128,15 @@ def test_resume_is_exact(store, tmp_path):
     from lensengine.training.checkpoint import load_checkpoint
     from lensengine.training.train import train
 
-    cfg = _cfg(model="OU-J", epochs=2, augment=True, max_train=32, max_val=8)
+    # the sky recipe's random state: per-cutout augmentation seeds and hard-negative scores
+    cfg = _cfg(model="OU-J", epochs=2, augment="full", hard_negatives=0.3, max_train=32, max_val=8)
     full = train(cfg, store, tmp_path / "full", progress=False, export=False)
     part = train(cfg, store, tmp_path / "part", progress=False, export=False, stop_after=1)
     assert part.stop_reason == "interrupted" and part.epochs_run == 1
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, store, tmp_path / "part", progress=False)
     with pytest.raises(ValueError, match="lr"):
-        train(_cfg(model="OU-J", epochs=2, lr=1e-2, augment=True, max_train=32, max_val=8), store, tmp_path / "part", resume=True,
-              progress=False)
+        train(replace(cfg, lr=1e-2), store, tmp_path / "part", resume=True, progress=False)
     resumed = train(cfg, store, tmp_path / "part", progress=False, export=False, resume=True)
     assert resumed.epochs_run == 2
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
@@ -147,6 +148,9 @@ def test_resume_is_exact(store, tmp_path):
         assert torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"])
     assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
     assert torch.equal(a["rng"]["shuffle"], b["rng"]["shuffle"])
+    assert torch.equal(a["hard_scores"], b["hard_scores"]) and not torch.isnan(a["hard_scores"]).any()
+    n_neg = round(a["data"]["n_train"] * (1 - a["data"]["lens_fraction"]))
+    assert [r["n_hard"] for r in a["history"]] == [0, math.ceil(0.3 * n_neg)]  # seen twice in epoch 2
     # a finished run resumed again only re-exports (train --all --resume, session after session)
     again = train(cfg, store, tmp_path / "part", progress=False, resume=True)
     assert again.epochs_run == 2 and again.stop_reason == "epochs" and again.onnx.is_file()
@@ -202,3 +206,48 @@ def test_cli_train_and_export(store, tmp_path):
     assert (tmp_path / "x" / "OU_H.onnx").is_file()
     res = runner.invoke(cli, ["train", "--model", "OU-XX", "--data", str(store), "--out", str(out)])
     assert res.exit_code == 2 and "unknown model" in res.output
+
+
+def _distance(state, w0) -> float:
+    return sum(float(((state[k] - w0[k]) ** 2).sum()) for k in w0 if k.endswith("weight"))
+
+
+def test_l2sp_pulls_towards_the_published_weights_and_resumes_exactly(store, tmp_path, published_weights_dir):
+    from lensengine.training.checkpoint import load_checkpoint
+    from lensengine.training.export import load_published
+    from lensengine.training.networks import build_model
+    from lensengine.training.train import _l2sp_anchor, _l2sp_penalty, train
+
+    anchor = _l2sp_anchor(build_model("OU-J"))
+    assert len(anchor) == 11 and all(w.dim() in (2, 4) for w, _ in anchor)  # 9 convs + 2 linear, no biases
+    assert float(_l2sp_penalty(anchor).detach()) == 0.0
+
+    w0 = load_published(published_weights_dir, "OU-J").state_dict()
+    base = _cfg(model="OU-J", epochs=2, lr=3e-3, augment="flips", max_train=24, max_val=8,
+                init_from=str(published_weights_dir))
+    runs = {}
+    for alpha in (0.0, 30.0):
+        r = train(replace(base, l2sp=alpha), store, tmp_path / f"a{alpha}", progress=False, export=False)
+        runs[alpha] = load_checkpoint(r.checkpoint)
+    free, held = (_distance(runs[a]["model_state"], w0) for a in (0.0, 30.0))
+    assert 0 < held < 0.5 * free  # the ablation knob works: --l2sp 0 drifts further
+    assert [row["l2sp"] for row in runs[0.0]["history"]] == [0.0, 0.0]
+    assert all(row["l2sp"] > 0 for row in runs[30.0]["history"])
+    # resuming rebuilds w0 from the published weights, not from the checkpoint's current weights
+    cfg = replace(base, l2sp=30.0)
+    train(cfg, store, tmp_path / "part", progress=False, export=False, stop_after=1)
+    resumed = load_checkpoint(train(cfg, store, tmp_path / "part", progress=False, export=False,
+                                    resume=True).checkpoint)
+    for key, value in runs[30.0]["model_state"].items():
+        assert torch.equal(value, resumed["model_state"][key]), key
+
+
+def test_auto_precision_needs_bf16_hardware(tmp_path):
+    from lensengine.training.train import cpu_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert not cpu_has_bf16(str(info))  # AVX2 only: bf16 would be emulated (slower than fp32)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16(str(info))
+    assert not cpu_has_bf16(str(tmp_path / "absent"))
