@@ -211,7 +211,7 @@ class SurveyStore:
         return sum(self.n_cutouts(t) for t in self.tiles)
 
     def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Every array a tile must hold: ``{path: (cutout shape, dtype)}`` from the format and the store's attributes."""
+        """Every array a tile must hold: ``{path: (cutout shape, dtype)}``, from the format and the store's bands."""
         out: dict[str, tuple[tuple[int, ...], str]] = {}
         for name in ("vis", "nisp"):
             if (name == "vis" and self.has_vis) or (name == "nisp" and self.has_nisp):

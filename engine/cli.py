@@ -19,7 +19,7 @@ import click
 
 from lensengine import __version__
 from lensengine.engine.commands import models, plugins_cmd
-from lensengine.engine.run_cli import demo_cmd, run_cmd
+from lensengine.engine.run_cli import run_cmd
 
 log = logging.getLogger("lensengine")
 
@@ -52,7 +52,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj["verbose"] = 0 if quiet else verbose
 
 
-for _command in (run_cmd, demo_cmd, models, plugins_cmd):
+for _command in (run_cmd, models, plugins_cmd):
     cli.add_command(_command)
 
 

@@ -13,41 +13,6 @@ def models() -> None:
     """Import, export and inspect the ONNX models the engine runs."""
 
 
-@models.command("import-published")
-@click.argument("weights_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the seven ONNX files (and the torch weights beside them).")
-@click.option("--model", "names", multiple=True, help="Only these models (repeatable); default all seven.")
-def import_published_cmd(weights_dir: Path, out_dir: Path, names: tuple[str, ...]) -> None:
-    """Convert the paper's published state_dicts (OU_*_Weights.pt) to lensengine ONNX models.
-
-    Example: lensengine models import-published ../shared/published-weights --out models/published
-    """
-    try:
-        from lensengine.training.export import import_published
-    except ImportError as exc:
-        raise click.UsageError(f"importing weights needs torch: pip install 'lensengine[training]' ({exc})")
-    try:
-        paths = import_published(weights_dir, out_dir, names or None)
-    except (FileNotFoundError, KeyError, RuntimeError) as exc:
-        raise click.UsageError(str(exc))
-    for p in paths:
-        click.echo(f"wrote {p}")
-
-
-@models.command("export")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="ONNX file to write.")
-def export_cmd(checkpoint: Path, out_path: Path) -> None:
-    """Export a training checkpoint (from `lensengine train`) to a self-describing ONNX model."""
-    try:
-        from lensengine.training.checkpoint import export_checkpoint
-    except ImportError as exc:
-        raise click.UsageError(f"exporting needs torch: pip install 'lensengine[training]' ({exc})")
-    click.echo(f"wrote {export_checkpoint(checkpoint, out_path)}")
-
-
 @models.command("list")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
               help="Model directory (default: the shipped default models).")

@@ -110,33 +110,6 @@ def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, thr
     click.echo(format_summary(summary, opts))
 
 
-@click.command("demo")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("lensengine-demo"),
-              show_default=True, help="Directory for the example store, the score table and the catalogue.")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local Dask workers.")
-@click.pass_context
-def demo_cmd(ctx, out_dir: Path, workers: int):
-    """Make the bundled example survey store and run the whole job on it.
-
-    Simulates a small Euclid-like store (lenses and non-lenses, about 200 cutouts;
-    cached after the first run), scores it with the default models and the
-    ensemble, and writes DIR/candidates.fits and DIR/candidates_scores.parquet.
-    Needs no download and no GPU.  Running it again starts over (--restart).
-    """
-    try:
-        from lensengine.training.simulate import example_store
-    except ImportError as exc:
-        raise click.UsageError(f"the example store is simulated with lenstronomy: "
-                               f"pip install 'lensengine[training]' ({exc})") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    store = example_store(out_dir / "example.zarr")
-    click.echo(f"example store: {store}")
-    ctx.invoke(run_cmd, store=Path(store), out=out_dir / "candidates.fits", scores=None, models_dir=None,
-               model_names=(), ensemble_path=None, threshold=0.5, scheduler=None, tls_ca_file=None, tls_cert=None,
-               tls_key=None, security_file=None, workers=workers, threads=0, dashboard=True, device="auto",
-               batch_size=32, precision="fp32", explain_top=0, explain_model=None, resume=False, restart=True)
-
-
 def _gpu() -> bool:
     from lensengine.engine.sessions import gpu_available
 

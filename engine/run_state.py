@@ -149,7 +149,7 @@ class OutputLock:
 # --- temporaries and the commit of the output pair -----------------------------------------------
 
 def remove_stale_temporaries(paths) -> list[Path]:
-    """Remove the hidden temporaries (``.<name>.tmp-<pid>``, nested ones too) that dead processes left beside ``paths``."""
+    """Remove the hidden temporaries (``.<name>.tmp-<pid>``, nested ones too) dead processes left beside ``paths``."""
     removed = []
     for path in paths:
         path = Path(path)

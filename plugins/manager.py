@@ -19,6 +19,7 @@ BUILTIN_PLUGINS = (
     "lensengine.catalogs.commands",
     "lensengine.training.simulate_commands",
     "lensengine.training.train_commands",
+    "lensengine.training.engine_commands",
     "lensengine.plugins.tsne",
     "lensengine.plugins.interpret",
     "lensengine.plugins.recall",

@@ -24,6 +24,12 @@ def summarise(batch) -> list[str]:
             lo, med, hi = q(name)
             lines.append(f"lenses {name:15s} 10/50/90%: {lo:7.2f} {med:7.2f} {hi:7.2f}")
         lines.append(f"lenses resampled (attempts > 1): {(np.asarray(t['attempts'])[sel] > 1).mean():.2f}")
+        if "label_easy" in t:
+            lines.append(f"lenses passing the easy rule (arc S/N >= 25): {np.asarray(t['label_easy'])[sel].mean():.2f}")
+        types = np.asarray(t.get("lens_type", np.array([""] * len(label)))).astype(str)[sel]
+        if types.any():
+            names, counts = np.unique(types, return_counts=True)
+            lines.append("lens types: " + ", ".join(f"{k} {c}" for k, c in zip(names, counts)))
     return lines
 
 
@@ -80,8 +86,9 @@ def measure_objects(vis: np.ndarray, nisp: np.ndarray, *, k_sigma: float = 3.0,
     it is a state-of-the-art photometry.  Detection: the VIS image smoothed by a
     1-pixel Gaussian above ``k_sigma`` times its noise (σ from the median
     absolute deviation of the image), 8-connected segments of ≥ ``min_area``
-    pixels (no false detection in 20 blank simulated fields).  Per object: ``mag_vis`` (segment flux), ``r50`` (arcsec, circular
-    radius holding half the segment flux, PSF included), ``snr`` (segment flux
+    pixels (no false detection in 20 blank simulated fields).  Per object:
+    ``mag_vis`` (segment flux), ``r50`` (arcsec, circular radius holding half
+    the segment flux, PSF included), ``snr`` (segment flux
     over σ √N_pix), ``colour_vis_h`` (VIS − H in a circular aperture of radius
     max(2 r50, 0.45″) on both grids), ``x``, ``y`` (arcsec from the centre).
     """

@@ -145,10 +145,8 @@ def render_cutout(kind: str, seed: int, *, lens_fraction: float = 0.72, source_c
     """
     from lensengine.training._sim_physics import INSTRUMENT
     from lensengine.training._sim_render import arc_statistics, render
-    from lensengine.training._sim_scenes import (
-        HARD_NEGATIVE_MIX, SKY_NEGATIVE_MIX, sample_compound, sample_non_lens, sample_single_lens,
-        sample_survey_lens,
-    )
+    from lensengine.training._sim_negatives import HARD_NEGATIVE_MIX, SKY_NEGATIVE_MIX, sample_non_lens
+    from lensengine.training._sim_scenes import sample_compound, sample_single_lens, sample_survey_lens
 
     _check_options(kind, lens_fraction, source_colour)
     rule = kind_rule(kind) if rule is None else rule
@@ -265,7 +263,7 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     path = Path(path)
-    from lensengine.training._sim_scenes import real_stamps
+    from lensengine.training._sim_real import real_stamps
 
     rule = kind_rule(kind, min_arc_snr)
     options = {"lens_fraction": lens_fraction, "source_colour": source_colour, "rule": rule}

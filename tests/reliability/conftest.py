@@ -7,7 +7,6 @@ one local Dask cluster through ``--scheduler`` instead of starting one each.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +76,6 @@ def lensengine_cmd(*args: str) -> list[str]:
 
 
 def popen(args: list[str], **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONWARNINGS="default")
+    """Start a command in its own process group (a test can signal it, and its workers, as a terminal would)."""
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=env, **kw)
+                            start_new_session=True, **kw)

@@ -210,6 +210,8 @@ def test_example_store_is_made_once_and_cached(tmp_path, monkeypatch):
 
 # --- PSF, depth, survey lenses, negative populations, real stamps ---------------------------------------
 from lensengine.training import _sim_render as rend  # noqa: E402
+from lensengine.training import _sim_negatives as negatives  # noqa: E402
+from lensengine.training import _sim_real as real  # noqa: E402
 from lensengine.training import _sim_scenes as scenes  # noqa: E402
 
 
@@ -315,7 +317,7 @@ def _realised_mix(kind, n, seed):
 @pytest.mark.parametrize("kind,mix_name,n", [("sky-negatives", "SKY_NEGATIVE_MIX", 300),
                                              ("hard-negatives", "HARD_NEGATIVE_MIX", 160)])
 def test_negative_population_mix_is_as_documented(kind, mix_name, n):
-    mix = getattr(scenes, mix_name)
+    mix = getattr(negatives, mix_name)
     got = _realised_mix(kind, n, seed=31)
     assert set(got) <= set(mix)
     for name, p in mix.items():
@@ -340,30 +342,30 @@ def test_negatives_have_no_lensed_light():
 
 
 def test_real_stamps_are_unit_flux_and_keep_the_check_half_out(real_dir):
-    stamps = scenes.real_stamps()
+    stamps = real.real_stamps()
     if not stamps:
         pytest.skip("real stamps disabled (LENSENGINE_SIM_REAL=0)")
     names = [s.name for s in stamps]
-    assert all(scenes.real_galaxy_role(n) == "sim" for n in names)
+    assert all(real.real_galaxy_role(n) == "sim" for n in names)
     assert not any(n.startswith("jwst_etg_cosj100020") for n in names)
     for st in stamps:
-        assert st.image.sum() == pytest.approx(1.0, abs=1e-4) and max(st.image.shape) <= scenes.STAMP_MAX
+        assert st.image.sum() == pytest.approx(1.0, abs=1e-4) and max(st.image.shape) <= real.STAMP_MAX
     # a stamp evaluated on a fine grid around its centre integrates to one (flux is conserved by the scaling)
     c = (np.arange(-150, 151) * 0.01).astype(np.float32)
     x, y = np.meshgrid(c, c)
     st = stamps[0]
-    sb = scenes.stamp_sb(st, x, y, 0.0, 0.0, 0.3, 0.7, True)
+    sb = real.stamp_sb(st, x, y, 0.0, 0.0, 0.3, 0.7, True)
     assert sb.sum() * 0.01 ** 2 == pytest.approx(1.0, rel=0.03)
 
 
 def test_analytic_fallback_without_real_stamps(monkeypatch):
     monkeypatch.setenv("LENSENGINE_SIM_REAL", "0")
-    scenes.real_stamps.cache_clear()
+    real.real_stamps.cache_clear()
     try:
         t = simulate_batch("survey-lenses", 2, seed=43).truth
         assert set(t["source_type"]) == {"sersic"}
     finally:
-        scenes.real_stamps.cache_clear()
+        real.real_stamps.cache_clear()
 
 
 @pytest.mark.slow
@@ -377,3 +379,21 @@ def test_dask_workers_give_the_same_store(tmp_path):
     got = SurveyStore.open(path).read("sim", 0, 4)
     np.testing.assert_array_equal(got.vis, one.vis)
     np.testing.assert_array_equal(got.nisp, one.nisp)
+
+
+def test_pixel_statistics_measure_a_known_galaxy_and_nothing_on_blank_sky():
+    from lensengine.training._sim_report import measure_objects
+
+    rng = np.random.default_rng(8)
+    blank = rend.render(rend.Scene(), rng)
+    assert measure_objects(blank.vis, blank.nisp) == []
+    scene = rend.Scene()
+    mags = np.array([21.0, 20.2, 20.0, 19.9])  # VIS - H = 1.1
+    scene.add(rend.sersic(rend.GRID_X, rend.GRID_Y, 0.4, 1.0, 1.0, 0.0, 1.0, -2.0), mags)
+    out = rend.render(scene, rng)
+    objs = measure_objects(out.vis, out.nisp)
+    assert len(objs) == 1
+    o = objs[0]
+    assert abs(o["x"] - 1.0) < 0.1 and abs(o["y"] + 2.0) < 0.1
+    assert 21.0 < o["mag_vis"] < 21.3  # the segment misses the faint outskirts
+    assert 0.3 < o["r50"] < 0.5 and abs(o["colour_vis_h"] - 1.1) < 0.25 and o["snr"] > 50
