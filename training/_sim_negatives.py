@@ -16,7 +16,7 @@ import numpy as np
 from lensengine.training._sim_physics import sed_table
 from lensengine.training._sim_render import GRID_X, GRID_Y, Scene, ring, sersic, window
 from lensengine.training._sim_scenes import (
-    SURVEY_SIGMA, Galaxy, SystemTruth, _add_galaxy, _centre, _field_galaxy, _kpc_to_arcsec, _pick, _sample_sigma,
+    CROWDED_FRACTION, SURVEY_SIGMA, Galaxy, SystemTruth, _add_galaxy, _centre, _field_galaxy, _kpc_to_arcsec, _pick, _sample_sigma,
     add_environment, add_sky_environment, sample_deflector,
 )
 
@@ -227,7 +227,10 @@ def sample_non_lens(rng, subtype: str | None = None, *, mix: dict | None = None,
                                              x + sep * np.cos(a), y + sep * np.sin(a)))
     else:
         raise ValueError(f"unknown non-lens type {subtype!r}; known: {', '.join(NON_LENS_TYPES)}")
-    n_nb = add_sky_environment(scene, rng) if environment == "sky" else add_environment(scene, rng)
+    if environment == "sky":  # crowded as often as the survey lenses are, so crowding tells nothing
+        n_nb = add_sky_environment(scene, rng, crowded=(x, y) if rng.uniform() < CROWDED_FRACTION else None)
+    else:
+        n_nb = add_environment(scene, rng)
     truth = SystemTruth(kind=subtype, label_candidate=False, z_lens=main.z, mag_lens=main.mags, x_lens=x, y_lens=y,
                         sigma_v=main.sigma, n_neighbours=n_nb)
     return scene, truth

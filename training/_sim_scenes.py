@@ -56,12 +56,16 @@ SURVEY_SIGMA = (160.0, 380.0)
 SURVEY_SOURCE_MAG = (21.5, 26.5)
 SURVEY_SOURCE_RE = (0.18, 0.25)
 SURVEY_SOURCE_OFFSET = 1.0
-#: sub-populations of survey lenses (docs/simulation.md)
-SURVEY_LENS_TYPES = {"galaxy": 0.60, "compact": 0.15, "group": 0.15, "crowded": 0.10}
 #: realistic field: mean numbers of neighbours (VIS 20-24.5) and faint galaxies (24.5-27) per
 #: 20″ × 20″ stamp (≈ 40 and ≈ 110 per arcmin², deep I-band counts) and the count slope dlogN/dm
 SKY_NEIGHBOURS = 4.0
 SKY_FAINT = 12.0
+#: crowded fields (groups, clusters): this share of survey lenses (lens type "crowded") and of the
+#: non-lenses in a realistic field, with CROWDED_DENSITY times the counts plus close companions
+CROWDED_FRACTION = 0.10
+CROWDED_DENSITY = 3.0
+#: sub-populations of survey lenses (docs/simulation.md)
+SURVEY_LENS_TYPES = {"galaxy": 0.70 - CROWDED_FRACTION, "compact": 0.15, "group": 0.15, "crowded": CROWDED_FRACTION}
 COUNT_SLOPE = 0.3
 #: field galaxies of the realistic environment: spectral classes (faint field galaxies are mostly
 #: star-forming) and redshift: normal of mean z0 + dz (VIS - 20), sd, truncated to 0.05-3
@@ -255,14 +259,17 @@ def _count_mag(rng, lo, hi, slope=COUNT_SLOPE):
     return float(np.log10(a + rng.uniform() * (b - a)) / slope)
 
 
-def add_sky_environment(scene, rng, density: float = 1.0) -> int:
+def add_sky_environment(scene, rng, crowded: tuple[float, float] | None = None) -> int:
     """A realistic field: Poisson numbers of neighbours (VIS 20-24.5) and faint galaxies (24.5-27).
 
     Magnitudes follow the counts' slope (most are faint); a fraction
     ``REAL_NEIGHBOUR_FRACTION`` of the neighbours are real galaxy stamps
-    when those are available.  ``density`` multiplies both means (crowded
-    fields).  Returns the number of neighbours.
+    when those are available.  ``crowded`` = (x, y) of the central galaxy
+    makes a crowded field (group or cluster environment): ``CROWDED_DENSITY``
+    times the mean counts plus 1-3 companions (VIS 21-24) 1.5-4″ from the
+    central galaxy.  Returns the number of neighbours (companions included).
     """
+    density = CROWDED_DENSITY if crowded is not None else 1.0
     n_nb = int(rng.poisson(SKY_NEIGHBOURS * density))
     stamps = real_stamps()
     for _ in range(n_nb):
@@ -273,6 +280,12 @@ def add_sky_environment(scene, rng, density: float = 1.0) -> int:
             _add_galaxy(scene, g)
     for _ in range(int(rng.poisson(SKY_FAINT * density))):
         _add_galaxy(scene, _sky_field_galaxy(rng, 24.5, 27.0))
+    if crowded is not None:
+        x, y = crowded
+        for _ in range(int(rng.integers(1, 4))):
+            sep, a = rng.uniform(1.5, 4.0), rng.uniform(0, 2 * np.pi)
+            _add_galaxy(scene, _field_galaxy(rng, (21.0, 24.0), x + sep * np.cos(a), y + sep * np.sin(a)))
+            n_nb += 1
     return n_nb
 
 
@@ -461,13 +474,7 @@ def sample_survey_lens(rng, source_colour="mixed") -> tuple[Scene, SystemTruth]:
     mags_s = _add_source(scene, rng, bx, by, z_s, x + r_src * np.cos(a), y + r_src * np.sin(a), sed_cls,
                          where=where, mag_range=SURVEY_SOURCE_MAG, r_e=r_e, stamp=stamp,
                          max_clumps=0 if compact else 4, mag_slope=COUNT_SLOPE)
-    crowded = lens_type == "crowded"
-    n_nb = add_sky_environment(scene, rng, density=3.0 if crowded else 1.0)
-    if crowded:
-        for _ in range(int(rng.integers(1, 4))):
-            sep, a2 = rng.uniform(1.5, 4.0), rng.uniform(0, 2 * np.pi)
-            _add_galaxy(scene, _field_galaxy(rng, (21.0, 24.0), x + sep * np.cos(a2), y + sep * np.sin(a2)))
-            n_nb += 1
+    n_nb = add_sky_environment(scene, rng, crowded=(x, y) if lens_type == "crowded" else None)
     truth = SystemTruth(kind="lens", label_candidate=True, theta_e=theta_e, sigma_v=lens.sigma, z_lens=lens.z,
                         z_source=z_s, mag_lens=lens.mags, mag_source=mags_s, source_colour=sed_cls, x_lens=x, y_lens=y,
                         lens_type=lens_type, n_deflectors=len(deflectors),

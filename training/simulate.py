@@ -19,6 +19,10 @@ per-pixel noise, an arc S/N of at least ``LABEL_RULE.min_snr`` and a total
 magnification of at least ``LABEL_RULE.min_magnification``.  Systems meant to be
 lenses that fail it are redrawn from the same per-cutout generator (up to
 ``MAX_ATTEMPTS`` times); the few that still fail are kept with label 0.
+``LABEL_RULE`` (arc S/N ≥ 25) is the easy rule of the challenge-like kinds;
+``survey-lenses`` go down to the detection limit (``HARD_RULE``, arc S/N ≥ 6)
+and ``training-mix`` lenses to ``TRAIN_RULE`` (arc S/N ≥ 10).  Every cutout
+records ``label_easy`` as well, so recall can be read against arc S/N and θ_E.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ LENS_KINDS = ("lenses", "compound-arcs", "double-rings", "survey-lenses")
 #: training-mix non-lenses: lens-like ellipticals (deflector population), the sky's mix, confusers
 TRAINING_NEGATIVES = {"elliptical": 0.4, "sky": 0.3, "hard": 0.3}
 MAX_ATTEMPTS = 20
+#: bumped whenever the same (kind, seed) would give different pixels; stores record it and the cached
+#: example store is rebuilt when it differs (2: Euclid Wide depth, Moffat PSFs, realistic negatives)
+SIMULATOR_VERSION = 2
 TILE = "sim"
 SURVEY = "euclid-sim"
 
@@ -145,7 +152,6 @@ def render_cutout(kind: str, seed: int, *, lens_fraction: float = 0.72, source_c
     """
     from lensengine.training._sim_physics import INSTRUMENT
     from lensengine.training._sim_render import arc_statistics, render
-    from lensengine.training._sim_negatives import HARD_NEGATIVE_MIX, SKY_NEGATIVE_MIX, sample_non_lens
     from lensengine.training._sim_scenes import sample_compound, sample_single_lens, sample_survey_lens
 
     _check_options(kind, lens_fraction, source_colour)
@@ -156,7 +162,7 @@ def render_cutout(kind: str, seed: int, *, lens_fraction: float = 0.72, source_c
     while True:
         attempts += 1
         if not want_lens:
-            scene, truth = _sample_negative(kind, rng, sample_non_lens, SKY_NEGATIVE_MIX, HARD_NEGATIVE_MIX)
+            scene, truth = _sample_negative(kind, rng)
         elif kind in ("compound-arcs", "double-rings"):
             scene, truth = sample_compound(rng, kind, source_colour)
         elif kind in ("survey-lenses", "training-mix"):
@@ -168,8 +174,10 @@ def render_cutout(kind: str, seed: int, *, lens_fraction: float = 0.72, source_c
         if truth.label_candidate:
             mu = float(out.lensed_vis.sum() / INSTRUMENT.flux("VIS", truth.mag_source[0]))
             is_lens = _passes(rule, npix, snr, mu)
-            easy = _passes(LABEL_RULE, *arc_statistics(out.lensed_vis, out.sigma_vis, LABEL_RULE.k_sigma)[:2], mu) \
-                if LABEL_RULE.k_sigma != rule.k_sigma else _passes(LABEL_RULE, npix, snr, mu)
+            # the easy rule needs its own pixel statistics only when it thresholds at another k_sigma
+            easy_stats = (npix, snr) if LABEL_RULE.k_sigma == rule.k_sigma else \
+                arc_statistics(out.lensed_vis, out.sigma_vis, LABEL_RULE.k_sigma)[:2]
+            easy = _passes(LABEL_RULE, *easy_stats, mu)
         else:
             mu, is_lens, easy = float("nan"), False, False
         if is_lens or not want_lens or attempts >= MAX_ATTEMPTS:
@@ -191,20 +199,23 @@ def render_cutout(kind: str, seed: int, *, lens_fraction: float = 0.72, source_c
 
 
 def _passes(rule: LabelRule, npix: int, snr: float, mu: float) -> bool:
+    """Whether lensed light with these arc statistics and magnification is a lens under ``rule``."""
     return npix >= rule.min_pixels and snr >= rule.min_snr and mu >= rule.min_magnification
 
 
-def _sample_negative(kind, rng, sample_non_lens, sky_mix, hard_mix):
+def _sample_negative(kind, rng):
     """The non-lens scene of ``kind``: challenge-like (``non-lenses``, ``mixed``), the sky's mix, confusers only,
     or the training mix of the three (``TRAINING_NEGATIVES``)."""
+    from lensengine.training._sim_negatives import HARD_NEGATIVE_MIX, SKY_NEGATIVE_MIX, sample_non_lens
+
     if kind == "training-mix":
         names = list(TRAINING_NEGATIVES)
         kind = {"elliptical": "lens-like", "sky": "sky-negatives", "hard": "hard-negatives"}[
             names[rng.choice(len(names), p=np.array(list(TRAINING_NEGATIVES.values())))]]
     if kind == "sky-negatives":
-        return sample_non_lens(rng, mix=sky_mix, central="sky", environment="sky")
+        return sample_non_lens(rng, mix=SKY_NEGATIVE_MIX, central="sky", environment="sky")
     if kind == "hard-negatives":
-        return sample_non_lens(rng, mix=hard_mix, environment="sky")
+        return sample_non_lens(rng, mix=HARD_NEGATIVE_MIX, environment="sky")
     if kind == "lens-like":
         return sample_non_lens(rng, "elliptical", central="lens-like", environment="sky")
     return sample_non_lens(rng)
@@ -267,7 +278,8 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
 
     rule = kind_rule(kind, min_arc_snr)
     options = {"lens_fraction": lens_fraction, "source_colour": source_colour, "rule": rule}
-    provenance = {"generator": "lensengine.training.simulate", "kind": kind, "n": n, "seed": seed,
+    provenance = {"generator": "lensengine.training.simulate", "simulator_version": SIMULATOR_VERSION,
+                  "kind": kind, "n": n, "seed": seed,
                   "lens_fraction": lens_fraction, "source_colour": source_colour, "label_rule": dict(rule.__dict__),
                   "easy_rule": dict(LABEL_RULE.__dict__), "real_stamps": len(real_stamps()),
                   "units": "e-/s per pixel, sky subtracted"}
@@ -361,7 +373,8 @@ def example_store(path=None) -> Path:
     """The small README quickstart store: 200 mixed cutouts (72 % lenses), seed 2022, cached.
 
     Made on first use (well under a minute) at ``path`` or
-    ``~/.cache/lensengine/example.zarr``; later calls return the cached store.
+    ``~/.cache/lensengine/example.zarr``; later calls return the cached store
+    unless it was made by another ``SIMULATOR_VERSION``.
     """
     from lensengine.catalogs.store import SurveyStore
 
@@ -369,7 +382,9 @@ def example_store(path=None) -> Path:
     if path.exists():
         try:
             store = SurveyStore.open(path)
-            if store.total_cutouts() == EXAMPLE_N and store.attrs.get("provenance", {}).get("seed") == EXAMPLE_SEED:
+            prov = store.attrs.get("provenance", {})
+            if (store.total_cutouts() == EXAMPLE_N and prov.get("seed") == EXAMPLE_SEED
+                    and prov.get("simulator_version") == SIMULATOR_VERSION):
                 return path
         except (OSError, ValueError, KeyError) as exc:
             log.warning("rebuilding the example store at %s (%s)", path, exc)

@@ -206,6 +206,9 @@ def test_example_store_is_made_once_and_cached(tmp_path, monkeypatch):
     stamp = (path / "zarr.json").stat().st_mtime_ns
     assert simulate.example_store(tmp_path / "example.zarr") == path
     assert (path / "zarr.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
+    monkeypatch.setattr(simulate, "SIMULATOR_VERSION", simulate.SIMULATOR_VERSION + 1)
+    simulate.example_store(tmp_path / "example.zarr")
+    assert (path / "zarr.json").stat().st_mtime_ns != stamp  # another simulator version: rebuilt
 
 
 # --- PSF, depth, survey lenses, negative populations, real stamps ---------------------------------------
@@ -397,3 +400,19 @@ def test_pixel_statistics_measure_a_known_galaxy_and_nothing_on_blank_sky():
     assert abs(o["x"] - 1.0) < 0.1 and abs(o["y"] + 2.0) < 0.1
     assert 21.0 < o["mag_vis"] < 21.3  # the segment misses the faint outskirts
     assert 0.3 < o["r50"] < 0.5 and abs(o["colour_vis_h"] - 1.1) < 0.25 and o["snr"] > 50
+
+
+def test_ring_galaxies_have_their_own_blue_knotty_rings():
+    """Not Einstein-ring look-alikes: the ring is bluer than the nucleus and lumpy (knots), on one redshift."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        scene, truth = negatives.sample_non_lens(rng, "ring-galaxy", environment="sparse")
+        vis, h = scene.total[0], scene.total[3]
+        r = np.hypot(rend.GRID_X.reshape(200, 200) - truth.x_lens, rend.GRID_Y.reshape(200, 200) - truth.y_lens)
+        inner, outer = r < 0.3, (r > 0.5) & (r < 3.5)
+        colour = lambda m: -2.5 * np.log10(vis[m].sum() / h[m].sum())  # noqa: E731  (VIS - H up to a constant)
+        assert colour(outer) < colour(inner) - 0.1
+        ring_pix = vis[outer]
+        bright = ring_pix[ring_pix > np.percentile(ring_pix, 90)]
+        assert bright.max() > 5 * np.median(bright)  # compact knots stand out of the smooth ring
+        assert truth.kind == "ring-galaxy" and not truth.label_candidate
