@@ -149,11 +149,11 @@ def figures(lens: np.ndarray, sky: np.ndarray, hard: np.ndarray | None, truth: d
     from lensengine.training.metrics import operating_metrics, threshold_at_fpr
 
     out: dict = {}
-    om = operating_metrics(lens, _finite(sky), bootstrap=bootstrap, seed=1, min_false_positives=5)
+    om = operating_metrics(lens, _finite(sky), bootstrap=bootstrap, seed=1)
     out["sky"] = {k: om.get(k) for k in ("n_lens", "n_neg", "auroc", "tpr_fpr1", "tpr_fpr01", "tpr_fpr001",
                                          "purity_1e3", "ci", "reasons")}
     if hard is not None:
-        oh = operating_metrics(lens, _finite(hard), bootstrap=bootstrap, seed=1, min_false_positives=5)
+        oh = operating_metrics(lens, _finite(hard), bootstrap=bootstrap, seed=1)
         out["hard"] = {k: oh.get(k) for k in ("n_neg", "auroc", "tpr_fpr1", "tpr_fpr01", "ci", "reasons")}
     thr1, _ = threshold_at_fpr(_finite(sky), 1e-2)
     thr01, _ = threshold_at_fpr(_finite(sky), 1e-3)
