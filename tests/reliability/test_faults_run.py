@@ -29,6 +29,13 @@ from astropy.io import fits
 
 from .conftest import lensengine_cmd, popen, tiny_store
 
+
+def _wait_while_running(proc, ready, timeout: float = 120.0) -> None:
+    """Poll until ``ready()`` holds, the run process ends, or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,9 +119,7 @@ def test_fault_03_second_run_on_the_same_out_is_refused(tmp_path, cli_run, tiny_
     proc = popen(lensengine_cmd("-q", "run", "--tiles", str(first), "--models", str(tiny_model_dir), "--out",
                                 str(out), "--workers", "1", "--batch-size", "1"))
     try:
-        deadline = time.time() + 120
-        while not lock.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
+        _wait_while_running(proc, lock.exists)
         assert lock.exists(), proc.communicate()
         holder = json.loads(lock.read_text())
         second = cli_run(other, out)
@@ -322,9 +327,7 @@ def test_fault_16_ctrl_c_exits_130_cleanly_with_a_resume_hint(tmp_path, cli_run,
     proc = popen(lensengine_cmd("-q", "run", "--tiles", str(store), "--models", str(tiny_model_dir), "--out",
                                 str(out), "--workers", "1", "--batch-size", "1"))
     try:
-        deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline and not list(parts.glob("*.parquet")):
-            time.sleep(0.02)
+        _wait_while_running(proc, lambda: bool(list(parts.glob("*.parquet"))))
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
         _, stderr = proc.communicate(timeout=120)
     finally:
