@@ -1,4 +1,4 @@
-"""Built-in plugin: the ``store`` and ``catalog`` command groups.
+"""The ``store`` and ``catalog`` command groups (added by the built-in plugin ``lensengine.plugins.catalog_commands``).
 
 ``lensengine store info|validate|from-fits`` and ``lensengine catalog
 info|crossmatch``.  Heavy modules are imported inside the commands so that
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import click
 
-from lensengine.plugins import hookimpl
 
 
 def _key_values(values: tuple[str, ...], option: str, convert=str) -> dict:
@@ -211,7 +210,7 @@ def catalog_crossmatch_cmd(catalog: Path, known: Path, out: Path | None, radius:
     click.echo(f"{n} of {len(table)} candidates match a known lens within {radius}\"; wrote {out or catalog}")
 
 
-@hookimpl
 def register_commands(cli):
+    """Add the ``store`` and ``catalog`` groups to ``cli`` (called by :mod:`lensengine.plugins.catalog_commands`)."""
     cli.add_command(store_group)
     cli.add_command(catalog_group)

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = (
     "lensengine.plugins.builtin_models",
     "lensengine.plugins.torch_runner",
-    "lensengine.catalogs.commands",
+    "lensengine.plugins.catalog_commands",
     "lensengine.training.simulate_commands",
     "lensengine.training.train_commands",
     "lensengine.training.engine_commands",
