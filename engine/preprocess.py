@@ -117,20 +117,24 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def minmax_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Min-max scale each image (..., S, S) to [0, 1], in float64 so no span overflows.
+    """Min-max scale each image (..., S, S) to [0, 1].
 
     Returns ``(scaled, constant)`` where ``constant`` marks images with
     max == min (or a non-finite range); those come back as zeros, never NaN.
-    The span of two finite float32 values (up to 6.8e38) overflows float32 but
-    not float64, so pixels of ±3e38 are scaled, not called constant.
+    The work is float32 (this runs on every cutout); only when the span of two
+    finite float32 values overflows (up to 6.8e38, e.g. pixels of ±3e38) is the
+    batch redone in float64, so such images are scaled, not called constant.
     """
-    lo = images.min(axis=(-2, -1), keepdims=True).astype(np.float64)
-    hi = images.max(axis=(-2, -1), keepdims=True).astype(np.float64)
-    span = hi - lo
+    lo = images.min(axis=(-2, -1), keepdims=True)
+    hi = images.max(axis=(-2, -1), keepdims=True)
+    with np.errstate(over="ignore"):
+        span = hi - lo
+    if np.isinf(span).any() and np.isfinite(lo).all() and np.isfinite(hi).all():
+        images, lo, hi = images.astype(np.float64), lo.astype(np.float64), hi.astype(np.float64)
+        span = hi - lo
     constant = ~(np.isfinite(span) & (span > 0))
-    safe = np.where(constant, 1.0, span)
-    scaled = (images - lo) / safe
-    scaled = np.where(constant, 0.0, scaled).astype(np.float32, copy=False)
+    safe = np.where(constant, 1, span)
+    scaled = np.where(constant, 0, (images - lo) / safe).astype(np.float32, copy=False)
     return scaled, constant[..., 0, 0]
 
 
