@@ -1,11 +1,14 @@
 """Engine throughput, side by side in one run (issue 4).
 
 Measures on one generated store (default 5 000 cutouts):
-  (1) end-to-end `lensengine run` (all models + ensemble, zarr -> catalogue), 1 and 2 workers;
-  (2) model-only ONNX Runtime throughput of the same models on in-memory arrays;
+  (1) end-to-end `lensengine run` (all models + ensemble, zarr -> catalogue), 1 and 2 workers, each in its
+      own process as a user runs it, and the scoring core alone in this process (warm sessions);
+  (2) model-only ONNX Runtime throughput of the same models on in-memory arrays, before and after (1)
+      (the bound is their mean: on a shared machine the load moves);
   (3) a naive baseline written like the paper's code: per image and per model torch calls,
       float64 scikit-image resize per band (timed on a subset);
-  (4) peak memory (RSS of the client plus its workers) for two store sizes;
+  (4) peak memory (RSS of the `lensengine run` process plus its Dask workers and scheduler) for two store
+      sizes 10x apart (n and n / 10);
   (5) the reduced-precision path (torch bf16 autocast) end to end and model-only, with max |dP|.
 
     python benchmarks/bench_engine.py --models models/published --n 5000 --json bench_engine.json
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +34,6 @@ import psutil
 from lensengine.catalogs.store import CutoutBatch, SurveyStore
 from lensengine.engine.models import discover_models
 from lensengine.engine.preprocess import Preprocessor
-from lensengine.engine.run import RunOptions, execute_run
 
 
 def make_store(path: Path, n: int, chunk: int = 512, seed: int = 0) -> Path:
@@ -48,18 +52,33 @@ def make_store(path: Path, n: int, chunk: int = 512, seed: int = 0) -> Path:
 
 
 class PeakRSS:
-    """Samples the RSS of this process and all its children (the Dask workers)."""
+    """Samples the summed RSS of a process tree: ``pid`` (default this process) and all its children.
 
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+    Also keeps each process's last-seen CPU time (user + system): ``cpu_s`` is the tree's CPU seconds, which
+    on a shared machine say more than wall time about what the run itself costs.
+    """
+
+    def __init__(self, interval: float = 0.2, pid: int | None = None):
+        self.interval, self.pid, self.peak, self._stop = interval, pid, 0, threading.Event()
+        self._cpu: dict[int, float] = {}
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
 
     def _sample(self) -> None:
-        me = psutil.Process()
+        root = psutil.Process(self.pid)
         while not self._stop.is_set():
             total = 0
-            for p in [me, *me.children(recursive=True)]:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                tree = []
+            for p in tree:
                 try:
                     total += p.memory_info().rss
+                    t = p.cpu_times()
+                    self._cpu[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
@@ -76,21 +95,32 @@ class PeakRSS:
 
 
 def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision: str = "fp32") -> dict:
-    entries = discover_models(models_dir)
+    """``lensengine run`` as a user runs it, in its own process: rate and the peak RSS of it and its workers.
+
+    ``rate`` is over the whole command (interpreter start, cluster start, scoring, merge); ``scoring_rate``
+    over the run's scoring stage (cluster start included, final merge not), from its ``--json`` summary.
+    """
     out = tmp / f"cands_w{workers}_{precision}_{store.stem}.fits"
-    opts = RunOptions(store=store, out=out, scores=out.with_suffix(".parquet"), models=entries,
-                      models_dir=models_dir, workers=workers, progress=False, precision=precision, dashboard=False)
-    with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        summary = execute_run(opts)
-        wall = time.perf_counter() - t0
-    return {"cutouts": summary.n_cutouts, "wall_s": wall, "rate": summary.n_cutouts / wall,
-            "peak_rss_mb": mem.peak / 2**20}
+    cmd = [sys.executable, "-m", "lensengine.engine", "-q", "run", "--tiles", str(store), "--models", str(models_dir),
+           "--out", str(out), "--scores", str(out.with_suffix("")) + "_scores", "--workers", str(workers),
+           "--precision", precision, "--no-dashboard", "--restart", "--json"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PeakRSS(pid=proc.pid) as mem:
+        stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr[-2000:]}")
+    summary = json.loads(stdout)
+    n = summary["n_cutouts"]
+    return {"cutouts": n, "wall_s": wall, "rate": n / wall, "scoring_s": summary["seconds"],
+            "scoring_rate": n / summary["seconds"], "peak_rss_mb": mem.peak / 2**20,
+            "cpu_ms_per_cutout": 1e3 * mem.cpu_s / n}
 
 
 def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int = 2) -> dict:
     """Seven models on preprocessed in-memory arrays (batch 32), no I/O, no preprocessing."""
-    from lensengine.engine.scoring import ChunkTask, _runner
+    from lensengine.engine.scoring import make_runner
 
     entries = discover_models(models_dir)
     rng = np.random.default_rng(1)
@@ -98,19 +128,31 @@ def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int =
     bands = {"VIS": rng.gamma(2.0, 3.0, (n, 200, 200)).astype(np.float32)}
     bands.update({b: rng.gamma(2.0, 40.0, (n, 66, 66)).astype(np.float32) for b in "YJH"})
     prepared = Preprocessor([e.as_spec() for e in entries])(bands)
-    task = ChunkTask("", "", 0, 0, 0, (), "cpu", threads, 32, None, precision)
     per_model, outputs = {}, {}
-    total = 0.0
+    total = cpu = 0.0
     for e in entries:
-        run = _runner(e, task)
+        run = make_runner(e, precision, "cpu", threads)
         x = prepared.inputs[e.name]
         run(x[:16])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         outputs[e.name] = np.concatenate([run(x[i:i + 32]) for i in range(0, n, 32)])
         dt = time.perf_counter() - t0
+        cpu += time.process_time() - c0
         per_model[e.name] = n / dt
         total += dt
-    return {"rate": n / total, "per_model": per_model, "outputs": outputs}
+    return {"rate": n / total, "per_model": per_model, "outputs": outputs, "cpu_ms_per_cutout": 1e3 * cpu / n}
+
+
+def core_in_process(store: Path, models_dir: Path, threads: int = 2) -> dict:
+    """The scoring core alone (``score_store``: read, preprocess, networks, ensemble) in this process, its
+    sessions already warm: the steady state of one worker, without cluster start-up or the merge."""
+    from lensengine.engine.scoring import score_store
+
+    entries = discover_models(models_dir)
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = sum(len(rows["ROW"]) for rows in score_store(store, entries, None, device="cpu", threads=threads))
+    return {"cutouts": n, "rate": n / (time.perf_counter() - t0),
+            "cpu_ms_per_cutout": 1e3 * (time.process_time() - c0) / n}
 
 
 def naive_baseline(models_dir: Path, n: int = 40) -> dict:
@@ -149,17 +191,25 @@ def main() -> None:
     tmp = args.workdir or Path(tempfile.mkdtemp(prefix="bench-engine-"))
     tmp.mkdir(parents=True, exist_ok=True)
     big = tmp / f"bench_{args.n}.zarr"
-    half = tmp / f"bench_{args.n // 2}.zarr"
+    small = tmp / f"bench_{args.n // 10}.zarr"
     if not big.exists():
         make_store(big, args.n)
-    if not half.exists():
-        make_store(half, args.n // 2)
+    if not small.exists():
+        make_store(small, args.n // 10)
 
     res: dict = {"n": args.n, "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
     res["model_only_fp32"] = model_only(args.models, args.n, "fp32")
+    res["core_fp32"] = core_in_process(big, args.models)
     res["e2e_fp32_w1"] = end_to_end(big, args.models, 1, tmp)
     res["e2e_fp32_w2"] = end_to_end(big, args.models, 2, tmp)
-    res["e2e_fp32_w1_half"] = end_to_end(half, args.models, 1, tmp)
+    res["e2e_fp32_w1_tenth"] = end_to_end(small, args.models, 1, tmp)
+    # the bound again after the end-to-end runs: on a shared machine the load moves, so (2) is their mean
+    after = model_only(args.models, args.n, "fp32")
+    res["model_only_fp32"]["rate_before"] = res["model_only_fp32"]["rate"]
+    res["model_only_fp32"]["rate_after"] = after["rate"]
+    res["model_only_fp32"]["rate"] = (res["model_only_fp32"]["rate"] + after["rate"]) / 2
+    res["model_only_fp32"]["cpu_ms_per_cutout"] = (res["model_only_fp32"]["cpu_ms_per_cutout"]
+                                                   + after["cpu_ms_per_cutout"]) / 2
     res["naive"] = naive_baseline(args.models)
     if not args.skip_bf16:
         res["model_only_bf16"] = model_only(args.models, args.n, "bf16")
@@ -174,14 +224,22 @@ def main() -> None:
 
     mo = res["model_only_fp32"]["rate"]
     rows = [
-        ("(2) model-only ONNX Runtime fp32, 7 models", res["model_only_fp32"]["rate"], 1.0, ""),
+        ("(2) model-only ONNX Runtime fp32, 7 models", res["model_only_fp32"]["rate"], 1.0,
+         f"mean of {res['model_only_fp32']['rate_before']:.1f} before and {res['model_only_fp32']['rate_after']:.1f} "
+         f"after the end-to-end runs"),
+        ("(1) scoring core in this process, warm sessions", res["core_fp32"]["rate"], res["core_fp32"]["rate"] / mo,
+         "one worker's steady state: no cluster start, no merge"),
         ("(1) end-to-end run fp32, 1 worker", res["e2e_fp32_w1"]["rate"], res["e2e_fp32_w1"]["rate"] / mo,
          f"{res['e2e_fp32_w1']['peak_rss_mb']:.0f} MB peak ({args.n} cutouts)"),
         ("(1) end-to-end run fp32, 2 workers", res["e2e_fp32_w2"]["rate"], res["e2e_fp32_w2"]["rate"] / mo,
          f"{res['e2e_fp32_w2']['peak_rss_mb']:.0f} MB peak"),
-        ("(4) end-to-end fp32, 1 worker, half the store", res["e2e_fp32_w1_half"]["rate"],
-         res["e2e_fp32_w1_half"]["rate"] / mo, f"{res['e2e_fp32_w1_half']['peak_rss_mb']:.0f} MB peak "
-                                               f"({args.n // 2} cutouts)"),
+        ("(1) the same runs by their scoring clock, 1 worker", res["e2e_fp32_w1"]["scoring_rate"],
+         res["e2e_fp32_w1"]["scoring_rate"] / mo, "the run's scoring stage: cluster start included, final merge not"),
+        ("(1) the same runs by their scoring clock, 2 workers", res["e2e_fp32_w2"]["scoring_rate"],
+         res["e2e_fp32_w2"]["scoring_rate"] / mo, ""),
+        ("(4) end-to-end fp32, 1 worker, a tenth of the store", res["e2e_fp32_w1_tenth"]["rate"],
+         res["e2e_fp32_w1_tenth"]["rate"] / mo, f"{res['e2e_fp32_w1_tenth']['peak_rss_mb']:.0f} MB peak "
+                                                f"({args.n // 10} cutouts)"),
         ("(3) naive per-image torch + skimage float64", res["naive"]["rate"], res["naive"]["rate"] / mo,
          f"timed on {res['naive']['cutouts_timed']} cutouts"),
     ]
@@ -197,6 +255,10 @@ def main() -> None:
         print(f"{name:48s} {rate:10.1f} {ratio:7.2f}  {note}")
     print(f"end-to-end vs naive baseline: {res['e2e_fp32_w1']['rate'] / res['naive']['rate']:.1f}x; "
           f"2 workers vs 1: {res['e2e_fp32_w2']['rate'] / res['e2e_fp32_w1']['rate']:.2f}x")
+    cpu = res["model_only_fp32"]["cpu_ms_per_cutout"]
+    print(f"CPU ms per cutout (all processes of the run; the share of it that is the networks): model-only {cpu:.1f}; "
+          + "; ".join(f"{k} {res[k]['cpu_ms_per_cutout']:.1f} ({cpu / res[k]['cpu_ms_per_cutout']:.2f})"
+                      for k in ("core_fp32", "e2e_fp32_w1", "e2e_fp32_w2")))
     print("per-model fp32 img/s: " + ", ".join(f"{k} {v:.0f}" for k, v in res["model_only_fp32"]["per_model"].items()))
     if "model_only_bf16" in res:
         print("per-model bf16 img/s: " + ", ".join(f"{k} {v:.0f}" for k, v in

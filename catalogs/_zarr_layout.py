@@ -109,9 +109,14 @@ def array_names(has_vis: bool, has_nisp: bool, truth: dict[str, str]) -> list[st
     return names + [f"truth/{t}" for t in truth]
 
 
+def chunk_key(tile: str, array: str, index: int, ndim: int) -> str:
+    """The key (path below the store root) of chunk (or shard) ``index`` along N of one array."""
+    return "/".join(["tiles", tile, array, "c", str(index), *(["0"] * (ndim - 1))])
+
+
 def chunk_file(root: Path, tile: str, array: str, index: int, ndim: int) -> Path:
-    """The file holding chunk (or shard) ``index`` along N of one array (default chunk-key encoding)."""
-    return root / "tiles" / tile / array / "c" / str(index) / Path(*(["0"] * (ndim - 1)))
+    """The file holding chunk (or shard) ``index`` along N of one array in a local store."""
+    return Path(root) / chunk_key(tile, array, index, ndim)
 
 
 def open_for_write(group, name: str):

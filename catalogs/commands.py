@@ -4,6 +4,10 @@
 info|crossmatch``.  Heavy modules are imported inside the commands so that
 ``lensengine --help`` stays fast.  Exit codes: 0 success (store valid), 1
 problems found / job failed, 2 bad usage or bad input.
+
+The options follow the CLI vocabulary (docs/cli.md, ``lensengine.engine.options``); this layer may
+not import the engine, so ``--tiles`` and ``--json`` are declared here with the same names, help and
+defaults, which ``tests/engine/test_cli_vocabulary.py`` checks.
 """
 
 from __future__ import annotations
@@ -15,6 +19,61 @@ from pathlib import Path
 
 import click
 
+_JSON_HELP = "Print the results as JSON on stdout (logs and progress stay on stderr)."
+
+
+class StoreLocation(click.ParamType):
+    """A survey store: a local path (given back as a :class:`Path`) or an fsspec URL (``s3://``, ``gs://``,
+    ``https://``; kept a string, since ``Path`` folds ``//``).  URL credentials come from the environment
+    and the standard config files, never from options.  ``exists`` checks local paths only (a URL is
+    checked when the store is opened).
+    """
+
+    name = "store"
+
+    def __init__(self, exists: bool = False):
+        self.exists = exists
+
+    def convert(self, value, param, ctx):
+        from lensengine.catalogs._location import as_location
+
+        location = as_location(value)
+        if self.exists and isinstance(location, Path) and not location.exists():
+            self.fail(f"{location} does not exist", param, ctx)
+        return location
+
+
+#: The click type of every option or argument naming a survey store (``engine.options.tiles_option`` too).
+STORE = StoreLocation()
+
+
+def _json_option(help: str = _JSON_HELP):
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def _store_input(func):
+    """``STORE`` or ``--tiles STORE``: the store commands take their store either way (docs/cli.md)."""
+    func = click.option("--tiles", "tiles", type=STORE, default=None, metavar="STORE",
+                        help="Survey store (zarr) to read, e.g. survey.zarr (or give it as the argument).")(func)
+    return click.argument("store", required=False, type=STORE)(func)
+
+
+def _pick_store(store: Path | str | None, tiles: Path | str | None) -> Path | str:
+    if store is not None and tiles is not None and store != tiles:
+        raise click.UsageError(f"two stores given ({store} and --tiles {tiles}): give one")
+    if store is None and tiles is None:
+        raise click.UsageError("give the store: --tiles STORE (or STORE as the argument)")
+    return store if store is not None else tiles
+
+
+def _human_dtype(code: str) -> str:
+    """``<f4`` -> ``float32``: what a reader expects to see for a truth column's type."""
+    import numpy as np
+
+    try:
+        return np.dtype(code).name
+    except TypeError:
+        return str(code)
 
 
 def _key_values(values: tuple[str, ...], option: str, convert=str) -> dict:
@@ -51,12 +110,13 @@ def store_group() -> None:
 
 
 @store_group.command("info")
-@click.argument("store", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def store_info_cmd(store: Path, as_json: bool) -> None:
-    """Print a store's metadata, tiles and sizes."""
+@_store_input
+@_json_option()
+def store_info_cmd(store: Path | None, tiles: Path | None, as_json: bool) -> None:
+    """Print a store's metadata, tiles and sizes: `lensengine store info --tiles STORE` (or STORE)."""
     from lensengine.catalogs.validate import store_info
 
+    store = _pick_store(store, tiles)
     try:
         info = store_info(store)
     except ValueError as exc:
@@ -66,10 +126,12 @@ def store_info_cmd(store: Path, as_json: bool) -> None:
         return
     click.echo(f"store        {info['path']}  (format {info['format']} v{info['format_version']})")
     click.echo(f"survey       {info['survey']}")
-    click.echo(f"bands        {', '.join(info['bands'])}  (pixel scales {info['pixel_scales']})")
+    scales = ", ".join(f"{band} {scale:g}\u2033/px" for band, scale in info["pixel_scales"].items())
+    click.echo(f"bands        {', '.join(info['bands'])}  (pixel scales {scales})")
     click.echo(f"chunking     {info['chunk_size']} cutouts per shard, {info['inner_chunk']} per inner chunk")
     click.echo(f"codec        {info['codec']}")
-    click.echo(f"truth        {', '.join(f'{k}:{v}' for k, v in info['truth_columns'].items()) or 'none'}")
+    truth = ", ".join(f"{k} ({_human_dtype(v)})" for k, v in info["truth_columns"].items())
+    click.echo(f"truth        {truth or 'none'}")
     click.echo(f"cutouts      {info['total_cutouts']} in {len(info['tiles'])} tiles, "
                f"{info['bytes_on_disk'] / 2**20:.1f} MiB on disk")
     for name, t in info["tiles"].items():
@@ -78,18 +140,21 @@ def store_info_cmd(store: Path, as_json: bool) -> None:
 
 
 @store_group.command("validate")
-@click.argument("store", type=click.Path(path_type=Path))
+@_store_input
 @click.option("--no-pixels", is_flag=True, help="Skip the per-cutout NaN/constant checks.")
-@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+@_json_option(help="Print the problems as JSON on stdout (a list; empty when the store is valid).")
 @click.pass_context
-def store_validate_cmd(ctx: click.Context, store: Path, no_pixels: bool, as_json: bool) -> None:
+def store_validate_cmd(ctx: click.Context, store: Path | None, tiles: Path | None, no_pixels: bool,
+                       as_json: bool) -> None:
     """Check shapes, dtypes, bands, chunking, missing or corrupt chunks and NaN/constant cutouts.
 
-    Exit 0 when valid, 1 when problems were found (each named with tile, chunk
-    and object id), 2 when STORE is not a store.
+    `lensengine store validate --tiles STORE` (or STORE).  Exit 0 when valid, 1
+    when problems were found (each named with tile, chunk and object id), 2
+    when STORE is not a store.
     """
     from lensengine.catalogs.validate import validate_store
 
+    store = _pick_store(store, tiles)
     quiet = bool((ctx.find_root().obj or {}).get("quiet"))
     bar = None
     if not quiet and sys.stderr.isatty():
@@ -121,7 +186,9 @@ def store_validate_cmd(ctx: click.Context, store: Path, no_pixels: bool, as_json
 
 @store_group.command("from-fits")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Store to write (*.zarr).")
+@click.option("--out", "out", required=True, type=STORE,
+              help="Store to write (*.zarr): a local path, or an s3:// or gs:// URL (credentials from the "
+                   "environment, e.g. AWS_PROFILE or AWS_ACCESS_KEY_ID; AWS_ENDPOINT_URL for S3-compatible servers).")
 @click.option("--layout", type=click.Choice(["auto", "bologna", "cutouts", "mosaic"]), default="auto",
               show_default=True, help="Input layout (auto: mosaic with --catalog, bologna for EUC_* dirs).")
 @click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -142,10 +209,12 @@ def store_validate_cmd(ctx: click.Context, store: Path, no_pixels: bool, as_json
 @click.option("--no-duplicate", is_flag=True, help="Leave missing bands NaN (MISSING_BAND) instead of copying.")
 @click.option("--append", is_flag=True, help="Add a new tile to an existing store.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--workers", default=1, show_default=True, type=int, help="Processes reading files in parallel.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Processes reading files in parallel.")
+@_json_option()
 @click.pass_context
 def from_fits_cmd(ctx, inputs, out, layout, catalog, bands, scales, ra, dec, ra_col, dec_col, id_col, tile,
-                  survey, chunk_size, codec, no_duplicate, append, overwrite, workers) -> None:
+                  survey, chunk_size, codec, no_duplicate, append, overwrite, workers, as_json) -> None:
     """Ingest FITS cutouts or mosaics into a survey store (20" stamps at 0.1"/0.3", flux-conserving).
 
     \b
@@ -156,8 +225,6 @@ def from_fits_cmd(ctx, inputs, out, layout, catalog, bands, scales, ra, dec, ra_
     """
     from lensengine.catalogs.ingest import ingest_fits
 
-    if out.exists() and not (append or overwrite):
-        raise click.UsageError(f"{out} exists: pass --overwrite to replace it or --append to add a tile")
     quiet = bool((ctx.find_root().obj or {}).get("quiet"))
     try:
         result = ingest_fits(list(inputs), out, layout=layout, tile=tile, catalog=catalog,
@@ -169,6 +236,10 @@ def from_fits_cmd(ctx, inputs, out, layout, catalog, bands, scales, ra, dec, ra_
                              command=" ".join(shlex.quote(a) for a in sys.argv))
     except (ValueError, FileExistsError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"store": str(result.store), "tile": result.tile, "layout": result.layout,
+                               "n_cutouts": result.n_cutouts, "flag_counts": dict(result.flag_counts)}, indent=2))
+        return
     flags = ", ".join(f"{k} {v}" for k, v in result.flag_counts.items()) or "none"
     click.echo(f"wrote {result.n_cutouts} cutouts ({result.layout} layout) to {result.store} tile {result.tile}; "
                f"flags: {flags}")
@@ -180,15 +251,34 @@ def catalog_group() -> None:
 
 
 @catalog_group.command("info")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def catalog_info_cmd(path: Path) -> None:
-    """Describe a candidate catalogue (FITS) or a score table (Parquet): columns, rows, provenance."""
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@_json_option()
+def catalog_info_cmd(path: Path, as_json: bool) -> None:
+    """Describe a candidate catalogue (FITS) or a score table (Parquet file or folder): columns, rows, provenance."""
     from lensengine.catalogs.catalog import describe_file
 
     try:
-        click.echo(describe_file(path))
+        if as_json:
+            click.echo(json.dumps(_describe_json(path), indent=2, default=str))
+        else:
+            click.echo(describe_file(path))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _describe_json(path: Path) -> dict:
+    """What ``catalog info`` prints, as data: kind, rows, each column's type/unit/description, provenance."""
+    from lensengine.catalogs.catalog import read_catalog, read_scores
+
+    scores = path.suffix.lower() in (".parquet", ".pq")
+    table = read_scores(path) if scores else read_catalog(path)
+    provenance = ({k: v for k, v in table.meta.items()} if scores
+                  else {k: v[0] if isinstance(v, tuple) else v for k, v in table.meta.items()})
+    return {"path": str(path), "kind": "score table" if scores else "candidate catalogue", "rows": len(table),
+            "columns": [{"name": name, "dtype": str(table[name].dtype),
+                         "unit": str(table[name].unit) if getattr(table[name], "unit", None) else None,
+                         "description": table[name].info.description or None} for name in table.colnames],
+            "provenance": provenance}
 
 
 @catalog_group.command("crossmatch")
@@ -196,7 +286,8 @@ def catalog_info_cmd(path: Path) -> None:
 @click.argument("known", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: in place).")
 @click.option("--radius", default=2.0, show_default=True, type=float, help="Match radius (arcsec).")
-def catalog_crossmatch_cmd(catalog: Path, known: Path, out: Path | None, radius: float) -> None:
+@_json_option()
+def catalog_crossmatch_cmd(catalog: Path, known: Path, out: Path | None, radius: float, as_json: bool) -> None:
     """Fill the KNOWN_LENS column of a candidate catalogue from a list of known lenses (FITS/CSV, RA/Dec)."""
     from lensengine.catalogs.catalog import read_catalog, write_table
     from lensengine.catalogs.crossmatch import crossmatch_known
@@ -207,6 +298,10 @@ def catalog_crossmatch_cmd(catalog: Path, known: Path, out: Path | None, radius:
         raise click.UsageError(str(exc)) from None
     write_table(table, out or catalog)
     n = int((table["KNOWN_LENS"] != "").sum())
+    if as_json:
+        click.echo(json.dumps({"matched": n, "candidates": len(table), "radius_arcsec": radius,
+                               "out": str(out or catalog)}, indent=2))
+        return
     click.echo(f"{n} of {len(table)} candidates match a known lens within {radius}\"; wrote {out or catalog}")
 
 

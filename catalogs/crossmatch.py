@@ -1,26 +1,58 @@
 """Cross-match candidates against a list of known lenses (e.g. lenscat's table).
 
 The known list is FITS or CSV with RA/Dec (degrees, or sexagesimal strings)
-and optionally a name column (``name``, ``NAME``, ``lens_name`` ...).  Each
+and optionally a name column (``name``, ``NAME``, ``lens_name`` ...); a unit
+in brackets after a column name (``RA [deg]``) is ignored.  The word
+``lenscat`` names the lenscat catalogue of known strong lenses (MIT), read
+from the CSV file its wheel ships: nothing is downloaded, and the lenscat
+module itself (which pulls in ligo.skymap) is never imported.  Each
 candidate's nearest known lens within the radius fills ``KNOWN_LENS`` (its
 name; empty when none) and ``KNOWN_SEP`` (arcsec; NaN when none).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_known_lenses", "crossmatch_known"]
+__all__ = ["read_known_lenses", "crossmatch_known", "lenscat_file", "LENSCAT"]
+
+#: the ``known`` argument that selects the lenscat catalogue instead of a file
+LENSCAT = "lenscat"
 
 _RA_NAMES = ("ra", "ra_deg", "raj2000", "_raj2000", "right_ascension")
 _DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "_dej2000", "declination")
 _NAME_NAMES = ("name", "lens_name", "jname", "object", "id")
 
 
+def lenscat_file() -> tuple[Path, str]:
+    """(path, version) of the catalogue CSV inside the installed lenscat wheel.
+
+    Found through the package metadata, so lenscat's own module (slow to import, heavy dependencies) is not
+    imported; a missing package or file is a ValueError saying how to install it.
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("lenscat")
+    except metadata.PackageNotFoundError:
+        raise ValueError("--known lenscat needs the lenscat package (pip install lenscat; its catalogue of "
+                         "known lenses ships inside the wheel, so it works offline)") from None
+    path = Path(dist.locate_file("lenscat/data/catalog.csv"))
+    if not path.is_file():
+        raise ValueError(f"lenscat {dist.version} is installed but its catalogue {path} is missing")
+    return path, dist.version
+
+
+def _bare(name: str) -> str:
+    """A column name without a trailing unit in brackets, lower case: ``"RA [deg]"`` -> ``"ra"``."""
+    return re.sub(r"\s*\[[^\]]*\]\s*$", "", name).strip().lower()
+
+
 def _find(table, candidates, what, path, required=True):
-    lower = {c.lower(): c for c in table.colnames}
+    lower = {_bare(c): c for c in table.colnames}
     for c in candidates:
         if c in lower:
             return lower[c]
@@ -31,12 +63,12 @@ def _find(table, candidates, what, path, required=True):
 
 
 def read_known_lenses(path):
-    """(SkyCoord, names) of a known-lens list (FITS or CSV)."""
+    """(SkyCoord, names) of a known-lens list (FITS or CSV, or ``"lenscat"``)."""
     import astropy.units as u
     from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
-    path = Path(path)
+    path = lenscat_file()[0] if str(path) == LENSCAT else Path(path)
     try:
         table = Table.read(path, format="csv" if path.suffix.lower() in (".csv", ".txt") else None)
     except (OSError, ValueError) as exc:
@@ -57,7 +89,11 @@ def read_known_lenses(path):
 
 
 def crossmatch_known(catalog, known_path, radius_arcsec: float = 2.0):
-    """Return a copy of ``catalog`` with ``KNOWN_LENS`` and ``KNOWN_SEP`` filled (match_to_catalog_sky)."""
+    """Return a copy of ``catalog`` with ``KNOWN_LENS`` and ``KNOWN_SEP`` filled (match_to_catalog_sky).
+
+    ``known_path`` is a FITS/CSV list or ``"lenscat"``; the ``KNOWNCAT`` card names it (with lenscat's
+    version), ``KNOWNRAD`` gives the radius and ``NKNOWN`` the number of candidates matched.
+    """
     import astropy.units as u
     from astropy.coordinates import SkyCoord
 
@@ -80,7 +116,8 @@ def crossmatch_known(catalog, known_path, radius_arcsec: float = 2.0):
     out["KNOWN_SEP"] = sep_arcsec * u.arcsec
     out["KNOWN_SEP"].info.description = "separation to the known lens"
     out.meta = dict(catalog.meta)
-    out.meta["KNOWNCAT"] = (Path(known_path).name, "known-lens list cross-matched")
+    source = f"lenscat {lenscat_file()[1]}" if str(known_path) == LENSCAT else Path(known_path).name
+    out.meta["KNOWNCAT"] = (source, "known-lens list cross-matched")
     out.meta["KNOWNRAD"] = (float(radius_arcsec), "cross-match radius (arcsec)")
     out.meta["NKNOWN"] = (int(hit.sum()) if n and len(coords) else 0, "candidates matching a known lens")
     return out

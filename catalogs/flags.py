@@ -27,6 +27,9 @@ class Flag(enum.IntFlag):
     EDGE_CLIPPED = 1 << 17      # the stamp runs off the mosaic edge (padded)
     OUTSIDE_TSNE_GRID = 1 << 18  # the OU-T-SNE embedding fell outside the fitted grid
     PARTIAL_SCORES = 1 << 19    # some models could not score the cutout (their band is bad)
+    # --cascade: the cheap networks' scores kept the cutout below the gate, so the expensive networks and the
+    # ensemble did not run; their columns are unknown (NaN), never filled in as if scored
+    CASCADE_SKIPPED = 1 << 20
     # a model returned NaN or a value outside [0, 1] for the cutout: that model's score is withheld
     BAD_MODEL_OUTPUT = 1 << 6
 

@@ -11,7 +11,11 @@ Three input layouts (docs/store-format.md, "Ingestion"):
 In all three, every band is cut to a 20" x 20" stamp centred on the source
 (WCS position, or the image centre for cutout files) and resampled with exact
 area-weighted rebinning (flux-conserving, :mod:`lensengine.catalogs._resample`)
-to 0.1" (VIS, 200 x 200) and 0.3" (NISP, 66 x 66).  A stamp reaching beyond
+to 0.1" (VIS, 200 x 200) and 0.3" (NISP, 66 x 66).
+
+A new store appears whole or not at all (:meth:`SurveyStore.build`): a failed
+or killed ingestion leaves nothing that blocks the next try or passes for a
+store.  ``--append`` adds a tile; if that fails, the tile is removed again.  A stamp reaching beyond
 its image is filled with a sky-like level and flagged ``EDGE_CLIPPED``.  A
 missing band is filled from the nearest available band in wavelength
 (:data:`FILL_ORDER`, the paper's Table 2 rule) and flagged ``BAND_DUPLICATED``.
@@ -30,7 +34,8 @@ import numpy as np
 from lensengine.catalogs import _fits_sources as src
 from lensengine.catalogs._resample import cut_and_resample
 from lensengine.catalogs.flags import Flag
-from lensengine.catalogs.store import CutoutBatch, SurveyStore
+from lensengine.catalogs._location import Location
+from lensengine.catalogs.store import CutoutBatch, SurveyStore, as_location
 from lensengine.catalogs.vocabulary import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
 
 __all__ = ["FILL_ORDER", "IngestResult", "make_cutout", "ingest_fits", "detect_layout"]
@@ -50,7 +55,7 @@ LAYOUTS = ("bologna", "cutouts", "mosaic")
 
 @dataclass
 class IngestResult:
-    store: Path
+    store: Path | str
     tile: str
     layout: str
     n_cutouts: int
@@ -154,10 +159,11 @@ def ingest_fits(inputs, store_path, *, layout: str = "auto", tile: str = "fits",
                 radec: tuple[float, float] | None = None, survey: str = "fits", chunk_size: int = 1024,
                 codec: str = "lossless", append: bool = False, overwrite: bool = False, duplicate: bool = True,
                 workers: int = 1, progress: bool = True, command: str | None = None) -> IngestResult:
-    """Ingest FITS images into a survey store; returns what was written.
+    """Ingest FITS images into a survey store (a local path or an fsspec URL); returns what was written.
 
     Raises ValueError for bad input (unknown layout, unmapped bands, a missing
-    pixel scale, an unreadable catalogue).
+    pixel scale, an unreadable catalogue), FileExistsError when the store
+    exists and neither ``append`` nor ``overwrite`` is given.
     """
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     catalog = Path(catalog) if catalog is not None else None
@@ -177,14 +183,28 @@ def ingest_fits(inputs, store_path, *, layout: str = "auto", tile: str = "fits",
                   "resampling": "exact area-weighted rebinning (flux-conserving), 20 arcsec stamps",
                   "missing_band_rule": "duplicate nearest band in wavelength" if duplicate else "NaN + MISSING_BAND",
                   "command": command}
-    store_path = Path(store_path)
-    if append and store_path.exists():
+    store_path = as_location(store_path)
+    if append and Location(store_path).exists():
         store = SurveyStore.open(store_path, mode="a")
         if tile in store.tiles:
             raise ValueError(f"tile {tile!r} already exists in {store_path}; choose another --tile")
+        try:
+            counts, n = _fill(store, tile, jobs, total, layout, workers, progress)
+        except BaseException:
+            if tile in store.tiles:
+                store.remove_tile(tile)
+            raise
     else:
-        store = SurveyStore.create(store_path, survey=survey, chunk_size=chunk_size, codec=codec,
-                                   provenance=provenance, overwrite=overwrite)
+        with SurveyStore.build(store_path, survey=survey, chunk_size=chunk_size, codec=codec,
+                               provenance=provenance, overwrite=overwrite) as store:
+            counts, n = _fill(store, tile, jobs, total, layout, workers, progress)
+    return IngestResult(store_path, tile, layout, n, counts)
+
+
+def _fill(store: SurveyStore, tile: str, jobs, total: int, layout: str, workers: int,
+          progress: bool) -> tuple[dict[str, int], int]:
+    """Run the ingestion tasks and append their cutouts to ``tile``; returns the flag counts and the cutouts written."""
+    chunk_size = store.chunk_size
     counts = {f.name: 0 for f in Flag if f.value}
     buffer: list[tuple] = []
 
@@ -207,7 +227,7 @@ def ingest_fits(inputs, store_path, *, layout: str = "auto", tile: str = "fits",
             flush(final=False)
             advance(len(records))
         flush(final=True)
-    return IngestResult(store_path, tile, layout, store.n_cutouts(tile), {k: v for k, v in counts.items() if v})
+    return {k: v for k, v in counts.items() if v}, store.n_cutouts(tile)
 
 
 def _run(jobs, workers: int):

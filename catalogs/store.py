@@ -10,24 +10,37 @@ Appends are crash-safe: data are written first, and the tile's committed
 length (``n_cutouts``) is updated only afterwards, so a crash leaves the store
 readable at its last committed length; :func:`lensengine.catalogs.validate.validate_store`
 reports the chunks of an unfinished write.  One writer per tile at a time.
+
+A store is a local directory or an fsspec URL (``s3://``, ``gs://``, read-only
+``https://``; :mod:`lensengine.catalogs._location`).  :meth:`SurveyStore.build`
+makes a new store appear whole or not at all: locally it is built in a hidden
+sibling folder and renamed into place; at a URL (no rename there) its root
+metadata carries an ``incomplete`` mark from the first write to the last, and
+:meth:`SurveyStore.open` refuses a store that still carries it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import logging
-import shutil
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lensengine.catalogs import _zarr_layout as layout
+from lensengine.catalogs._location import Location, as_location, is_url, location_key
 from lensengine.catalogs._zarr_layout import FORMAT_NAME, FORMAT_VERSION
 from lensengine.catalogs.vocabulary import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
 
-__all__ = ["FORMAT_VERSION", "CutoutBatch", "SurveyStore", "ChunkReadError"]
+__all__ = ["FORMAT_VERSION", "CutoutBatch", "SurveyStore", "ChunkReadError", "IncompleteStoreError", "as_location",
+           "is_url", "location_key"]
+
+#: Root attribute present while a store is being created (see :meth:`SurveyStore.build`).
+INCOMPLETE_MARK = "incomplete"
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,10 @@ class ChunkReadError(Exception):
         self.tile = tile
         self.index = index
         self.reason = reason
+
+
+class IncompleteStoreError(ValueError):
+    """The store's creation never finished (it still carries the ``incomplete`` mark)."""
 
 
 @dataclass
@@ -87,10 +104,14 @@ class CutoutBatch:
 
 
 class SurveyStore:
-    """A survey store on local disk (see the module docstring)."""
+    """A survey store on local disk or at an fsspec URL (see the module docstring).
 
-    def __init__(self, path: Path, group, mode: str):
-        self.path = Path(path)
+    ``path`` is what locates it: a :class:`~pathlib.Path`, or the URL as a string.
+    """
+
+    def __init__(self, path, group, mode: str, location: Location | None = None):
+        self.path: Path | str = as_location(path)
+        self.location = location or Location(path)
         self._group = group
         self.mode = mode
         self.attrs: dict = dict(group.attrs)
@@ -107,13 +128,17 @@ class SurveyStore:
     @classmethod
     def create(cls, path, *, survey: str, bands=BANDS, chunk_size: int = 1024, codec: str = "lossless",
                truth_columns: dict[str, str] | None = None, provenance: dict | None = None,
-               overwrite: bool = False) -> "SurveyStore":
-        """Create an empty store at ``path`` (a directory, conventionally ``*.zarr``)."""
+               overwrite: bool = False, incomplete: bool = False) -> "SurveyStore":
+        """Create an empty store at ``path`` (a directory or URL, conventionally ``*.zarr``).
+
+        With ``incomplete=True`` the root metadata's first write already carries the
+        ``incomplete`` mark, which :meth:`finish` removes (used by :meth:`build`).
+        """
         import zarr
 
         from lensengine import __version__
 
-        path = Path(path)
+        location = Location(path)
         bands = tuple(bands)
         unknown = [b for b in bands if b not in BANDS]
         if unknown or not bands or len(set(bands)) != len(bands):
@@ -125,13 +150,10 @@ class SurveyStore:
             raise ValueError(f"chunk_size {chunk_size} must be a positive multiple of {layout.INNER_CHUNK} "
                              f"(or smaller than it)")
         truth = {name: layout.normalise_truth_dtype(name, dt) for name, dt in (truth_columns or {}).items()}
-        if path.exists():
+        if location.exists():
             if not overwrite:
-                raise FileExistsError(f"{path} already exists (use overwrite=True to replace it)")
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+                raise FileExistsError(f"{location} already exists (use overwrite=True to replace it)")
+            location.remove()
         attrs = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -149,24 +171,103 @@ class SurveyStore:
             "software": f"lensengine {__version__}",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        if incomplete:
+            attrs[INCOMPLETE_MARK] = (f"creation started {attrs['created']} by {attrs['software']} "
+                                      f"(pid {os.getpid()}) and has not finished")
+        # the attributes go into the root zarr.json's first write: no moment shows a store without them
+        group = zarr.open_group(location.zarr_store(read_only=False), mode="w", zarr_format=3, attributes=attrs)
         group.create_group("tiles")
-        group.attrs.update(attrs)
-        return cls(path, group, "a")
+        return cls(path, group, "a", location)
+
+    def finish(self) -> None:
+        """Remove the ``incomplete`` mark: the store's last write, after all its data."""
+        if INCOMPLETE_MARK in self._group.attrs:
+            attrs = {k: v for k, v in self._group.attrs.asdict().items() if k != INCOMPLETE_MARK}
+            self._group.attrs.put(attrs)
+            self.attrs = attrs
 
     @classmethod
-    def open(cls, path, mode: str = "r") -> "SurveyStore":
-        """Open an existing store read-only (``"r"``) or for appending (``"a"``)."""
+    @contextlib.contextmanager
+    def build(cls, path, *, overwrite: bool = False, **create_args):
+        """Create a store that appears at ``path`` only if the ``with`` block succeeds; yields it.
+
+        Local: the store is written in a hidden sibling folder (``.NAME.partial-PID``) and
+        renamed into place at the end (an existing store replaced with ``overwrite`` is
+        renamed aside first and deleted last); on an error the sibling is deleted, so
+        nothing is left, and a killed build leaves only the hidden sibling, removed by the
+        next build.  URL: the store is written in place, carrying the ``incomplete`` mark
+        until its last write; on an error it is deleted (best effort), and a killed build
+        leaves a store that open and validate refuse and that the next build replaces.
+        The yielded store is for writing inside the block; open the result again to read it.
+        """
+        location = Location(path)
+        if location.exists() and not overwrite and not cls._is_incomplete(location):
+            raise FileExistsError(f"{location} already exists: pass --overwrite to replace it or --append to "
+                                  f"add a tile")
+        if location.local is None:
+            store = cls.create(path, overwrite=True, incomplete=True, **create_args)
+            try:
+                yield store
+                store.finish()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    location.remove()
+                raise
+            return
+        target = location.local.absolute()
+        _remove_dead_partials(target)
+        scratch = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        store = cls.create(scratch, overwrite=True, incomplete=True, **create_args)
+        aside = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        try:
+            yield store
+            store.finish()
+            if target.exists() or target.is_symlink():
+                os.replace(target, aside)
+            os.replace(scratch, target)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if aside.exists() and not target.exists():
+                    os.replace(aside, target)  # the old store back where it was
+                Location(scratch).remove()
+            raise
+        if aside.exists():
+            Location(aside).remove()
+        store.path, store.location = target, Location(target)
+
+    @staticmethod
+    def _is_incomplete(location: Location) -> bool:
+        """Whether the location holds a store still marked ``incomplete`` (safe to replace)."""
+        import json
+
+        try:
+            if location.local is not None:
+                meta = json.loads((location.local / "zarr.json").read_text())
+            else:
+                fs, root = location.fs()
+                meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
+        except (OSError, ValueError):
+            return False
+        return INCOMPLETE_MARK in (meta.get("attributes") or {})
+
+    @classmethod
+    def open(cls, path, mode: str = "r", *, allow_incomplete: bool = False) -> "SurveyStore":
+        """Open an existing store (a directory or URL) read-only (``"r"``) or for appending (``"a"``).
+
+        Raises :class:`IncompleteStoreError` for a store whose creation never finished
+        (unless ``allow_incomplete``: for :func:`~lensengine.catalogs.validate.validate_store`).
+        """
         import zarr
 
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
-        path = Path(path)
-        if not (path / "zarr.json").is_file():
-            found = "nothing" if not path.exists() else ("a file" if path.is_file() else "a directory without zarr.json")
-            raise ValueError(f"{path} is not a lensengine survey store: found {found}")
+        location = Location(path)
+        path = location.url or location.local
+        if not location.is_file("zarr.json"):
+            raise ValueError(f"{path} is not a lensengine survey store: found {location.describe_missing()}")
         try:
-            group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+            group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode="r" if mode == "r" else "r+",
+                                    zarr_format=3)  # no probing for zarr v2 metadata (requests on a URL)
         except (ValueError, TypeError, KeyError, OSError) as exc:
             raise ValueError(f"{path} is not a lensengine survey store: {exc}") from exc
         fmt = group.attrs.get("format")
@@ -177,7 +278,11 @@ class SurveyStore:
         if version != FORMAT_VERSION:
             raise ValueError(f"{path} has store format version {version!r}; this lensengine reads "
                              f"version {FORMAT_VERSION}")
-        return cls(path, group, mode)
+        if INCOMPLETE_MARK in group.attrs and not allow_incomplete:
+            raise IncompleteStoreError(
+                f"{path} is an unfinished store: its {group.attrs[INCOMPLETE_MARK]} (the writer failed or was "
+                f"killed); write it again (`lensengine store from-fits ... --out {path}` replaces it) or delete it")
+        return cls(path, group, mode, location)
 
     # --- tiles ------------------------------------------------------------------
 
@@ -260,7 +365,8 @@ class SurveyStore:
         """A cheap content fingerprint of a tile, and the SHA-256 of each chunk's object IDs.
 
         The fingerprint hashes the committed length, the object IDs, RA and Dec of every committed
-        cutout, and the path, size and modification time (ns) of every file under the tile.  It reads
+        cutout, and the path, size and modification time (ns) of every file under the tile (for a
+        store at a URL: each object's size and the ETag/last-modified stamp the server reports).  It reads
         only the small columns, not the images: a store replaced at the same path almost always
         differs in IDs or positions, and any rewrite of an image chunk gives its file a new mtime
         (zarr writes whole files).  Copying a store with new timestamps changes the fingerprint
@@ -269,9 +375,14 @@ class SurveyStore:
         """
         digest = hashlib.sha256(f"n_cutouts={self.n_cutouts(tile)};".encode())
         id_hashes: list[str | None] = []
+        try:  # the whole tile in one read: zarr fetches the chunks concurrently (many requests on a URL)
+            whole = self.read_index(tile, 0, self.n_cutouts(tile))
+        except ChunkReadError:
+            whole = None  # some chunk is unreadable: find it chunk by chunk
         for start, stop in self.chunk_slices(tile):
             try:
-                index = self.read_index(tile, start, stop)
+                index = ({k: v[start:stop] for k, v in whole.items()} if whole is not None
+                         else self.read_index(tile, start, stop))
             except ChunkReadError as exc:
                 digest.update(f"unreadable {start}:{stop};".encode())
                 log.debug("fingerprint: %s", exc)
@@ -281,11 +392,8 @@ class SurveyStore:
             id_hashes.append(hashlib.sha256(ids.tobytes()).hexdigest())
             for name in ("object_id", "ra", "dec"):
                 digest.update(np.ascontiguousarray(index[name]).tobytes())
-        root = self.path / "tiles" / tile
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                st = path.stat()
-                digest.update(f"{path.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns};".encode())
+        for key, size, stamp in self.location.stamps(f"tiles/{tile}"):
+            digest.update(f"{key}:{size}:{stamp};".encode())
         return digest.hexdigest(), id_hashes
 
     def check_layout(self) -> None:
@@ -336,22 +444,33 @@ class SurveyStore:
         return CutoutBatch.concatenate(pieces)
 
     def _read_piece(self, tile: str, index: int, start: int, stop: int) -> CutoutBatch:
-        for name in self._arrays():
-            ndim = 1 + len(layout.IMAGE_SHAPES.get(name, ()))
-            if stop > start and not layout.chunk_file(self.path, tile, name, index, ndim).is_file():
-                raise ChunkReadError(tile, index, f"array {name!r}: chunk file missing")
+        # zarr reads a missing chunk as fill values, which must not pass for data: check the chunk files
+        # exist.  On a disk that is cheap, before reading; at a URL each check is a request, so only the
+        # arrays whose piece came back all fill values are checked, after reading.
+        remote = self.location.local is None
+        if not remote:
+            self._check_chunk_files(tile, index, start, stop, self._arrays())
         data = {}
         for name in self._arrays():
             try:
                 data[name] = self._array(tile, name)[start:stop]
             except Exception as exc:  # noqa: BLE001 - any decoding failure of one chunk must not stop a run
                 raise ChunkReadError(tile, index, f"array {name!r}: {type(exc).__name__}: {exc}") from exc
+        if remote:
+            self._check_chunk_files(tile, index, start, stop, [
+                name for name in self._arrays() if _all_fill(data[name], self._array(tile, name).fill_value)])
         truth = {}
         for name, dtype in self.truth_columns.items():
             col = data[f"truth/{name}"]
             truth[name] = np.asarray(col.tolist(), dtype=str) if dtype == "str" else col
         return CutoutBatch(object_id=data["object_id"], ra=data["ra"], dec=data["dec"], vis=data.get("vis"),
                            nisp=data.get("nisp"), flags=data["flags"], truth=truth, held=self.bands)
+
+    def _check_chunk_files(self, tile: str, index: int, start: int, stop: int, names) -> None:
+        for name in names:
+            ndim = 1 + len(layout.IMAGE_SHAPES.get(name, ()))
+            if stop > start and not self.location.is_file(layout.chunk_key(tile, name, index, ndim)):
+                raise ChunkReadError(tile, index, f"array {name!r}: chunk file missing")
 
     def read_index(self, tile: str, start: int, stop: int) -> dict[str, np.ndarray]:
         """Only the small columns (``object_id``, ``ra``, ``dec``, ``flags``) of committed cutouts ``[start, stop)``.
@@ -414,6 +533,14 @@ class SurveyStore:
             arr[n0:n0 + k] = values
         group.attrs.update({"n_cutouts": n0 + k, "pending": None})
 
+    def remove_tile(self, tile: str) -> None:
+        """Delete a tile and its data (an append that failed part-way)."""
+        if self.mode == "r":
+            raise ValueError(f"store {self.path} is open read-only; open it with mode='a' to remove a tile")
+        self._tile(tile)
+        del self._group["tiles"][tile]
+        self._tile_groups.pop(tile, None)
+
     def _check_batch(self, batch: CutoutBatch) -> dict[str, np.ndarray]:
         k = len(batch)
         data: dict[str, np.ndarray] = {}
@@ -445,3 +572,38 @@ class SurveyStore:
     def __repr__(self) -> str:
         return (f"SurveyStore({str(self.path)!r}, survey={self.attrs.get('survey')!r}, bands={self.bands}, "
                 f"tiles={len(self.tiles)}, cutouts={self.total_cutouts()})")
+
+
+def _all_fill(values: np.ndarray, fill) -> bool:
+    """Whether every value equals the array's fill value (NaN fills compare as NaN)."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return True
+    if values.dtype.kind == "f" and fill is not None and np.isnan(fill):
+        return bool(np.isnan(values).all())
+    return bool((values == fill).all())
+
+
+def _remove_dead_partials(target: Path) -> None:
+    """Delete hidden folders beside ``target`` left by builds whose process is gone (killed).
+
+    A ``.partial-PID`` folder is an unfinished new store.  A ``.replaced-PID`` folder is the old store a
+    build was replacing; it is deleted only when ``target`` exists (the kill came after the new store's
+    rename), never when it is the only copy left.
+    """
+    for kind in ("partial", "replaced"):
+        for scratch in target.parent.glob(f".{target.name}.{kind}-*"):
+            pid = scratch.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)) and (kind == "partial" or target.exists()):
+                log.info("removing %s, left by a store build that was killed", scratch)
+                Location(scratch).remove()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

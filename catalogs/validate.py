@@ -5,18 +5,20 @@ problem with its tile, chunk and, where one cutout is at fault, its object ID:
 wrong shapes, dtypes or chunking, missing or corrupt chunk files, data beyond
 the committed length (an unfinished write), NaN/inf pixels and constant bands.
 A band that is entirely NaN in a cutout flagged ``MISSING_BAND`` is expected
-(the contract for a band missing in one cutout) and not reported.
+(the contract for a band missing in one cutout) and not reported.  A store
+whose creation never finished (it still carries the ``incomplete`` mark,
+:meth:`SurveyStore.build`) is one problem, ``incomplete-store``: nothing in it
+is trusted.  Stores at fsspec URLs are checked the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from lensengine.catalogs.flags import Flag
-from lensengine.catalogs.store import ChunkReadError, SurveyStore
+from lensengine.catalogs.store import INCOMPLETE_MARK, ChunkReadError, SurveyStore
 from lensengine.catalogs.vocabulary import NISP_BANDS
 
 __all__ = ["Problem", "validate_store", "store_info"]
@@ -29,7 +31,7 @@ class Problem:
     tile: str | None
     chunk: int | None
     object_id: int | None
-    kind: str  # layout, missing-chunk, corrupt-chunk, incomplete-write, nonfinite, constant
+    kind: str  # incomplete-store, layout, missing-chunk, corrupt-chunk, incomplete-write, nonfinite, constant
     message: str
 
     def __str__(self) -> str:
@@ -93,7 +95,11 @@ def validate_store(path, *, check_pixels: bool = True, progress=None) -> list[Pr
     Raises ValueError when ``path`` is not a store of this format version.
     ``progress`` is an optional callable ``(tile, chunk, n_chunks)``.
     """
-    store = SurveyStore.open(path)
+    store = SurveyStore.open(path, allow_incomplete=True)
+    if INCOMPLETE_MARK in store.attrs:
+        return [Problem(None, None, None, "incomplete-store",
+                        f"the store's {store.attrs[INCOMPLETE_MARK]}: its writer failed or was killed, so none "
+                        f"of it is trusted; write it again or delete it")]
     problems: list[Problem] = []
     if store.chunk_size < 1:
         problems.append(Problem(None, None, None, "layout", f"chunk_size {store.chunk_size} is not positive"))
@@ -134,7 +140,7 @@ def store_info(path) -> dict:
         group = store._tile(tile)
         tiles[tile] = {"n_cutouts": store.n_cutouts(tile), "n_chunks": len(store.chunk_slices(tile)),
                        "pending": group.attrs.get("pending")}
-    size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    size = store.location.total_bytes()
     attrs = dict(store.attrs)
     return {"path": str(store.path), **attrs, "nisp_order": list(NISP_BANDS), "tiles": tiles,
             "total_cutouts": sum(t["n_cutouts"] for t in tiles.values()), "bytes_on_disk": size}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from lensengine.engine.options import echo_json, format_table, json_option, model_names_option, models_dir_option
 
 
 @click.group()
@@ -14,26 +15,32 @@ def models() -> None:
 
 
 @models.command("list")
-@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
-              help="Model directory (default: the shipped default models).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_cmd(models_dir: Path | None, as_json: bool) -> None:
+@models_dir_option()
+@model_names_option()
+@json_option()
+def list_cmd(models_dir: Path | None, model_names: tuple[str, ...], as_json: bool) -> None:
     """List the models a run would use, with their contracts and hashes."""
+    from lensengine.engine.models import ContractError
     from lensengine.engine.registry import resolve_models
 
-    entries = resolve_models(models_dir)
+    try:
+        entries = resolve_models(models_dir, model_names or None)
+    except ContractError as exc:
+        raise click.UsageError(str(exc)) from None
+    rows = [{"name": e.name, "path": str(e.path), "bands": list(e.bands), "stamp": e.stamp,
+             "architecture": e.architecture, "source": e.source, "sha256": e.sha256} for e in entries]
     if as_json:
-        click.echo(json.dumps([{"name": e.name, "path": str(e.path), "bands": list(e.bands), "stamp": e.stamp,
-                                "architecture": e.architecture, "source": e.source, "sha256": e.sha256}
-                               for e in entries], indent=2))
+        echo_json(rows)
         return
-    for e in entries:
-        click.echo(f"{e.name:8s} {','.join(e.bands):12s} {e.stamp:4d}px  {e.source[:40]:40s} {e.sha256[:12]}  {e.path}")
+    click.echo(format_table(["MODEL", "BANDS", "STAMP", "SOURCE", "SHA-256", "FILE"],
+                            [[r["name"], ",".join(r["bands"]), f"{r['stamp']} px", r["source"], r["sha256"][:12],
+                              r["path"]] for r in rows]))
 
 
 @models.command("info")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def info_cmd(path: Path) -> None:
+@json_option()
+def info_cmd(path: Path, as_json: bool) -> None:
     """Print the metadata of one ONNX model file."""
     from lensengine.engine.models import ContractError, load_entry
 
@@ -41,13 +48,16 @@ def info_cmd(path: Path) -> None:
         entry = load_entry(path)
     except ContractError as exc:
         raise click.UsageError(str(exc))
+    if as_json:
+        echo_json({"path": str(entry.path), "sha256": entry.sha256, "metadata": dict(entry.metadata)})
+        return
     click.echo(f"file      {entry.path}  (sha256 {entry.sha256})")
     for key, value in sorted(entry.metadata.items()):
         click.echo(f"{key:18s}{value}")
 
 
 @click.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 def plugins_cmd(as_json: bool) -> None:
     """List the loaded plugins and the hooks each implements."""
     from lensengine.plugins.manager import get_plugin_manager, plugin_origin
@@ -59,7 +69,7 @@ def plugins_cmd(as_json: bool) -> None:
         rows.append({"name": pm.get_name(plugin), "origin": plugin_origin(pm, plugin), "hooks": hooks})
     rows.sort(key=lambda r: (r["origin"] != "builtin", r["name"]))
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
-    for r in rows:
-        click.echo(f"{r['name']:40s} {r['origin']:24s} {', '.join(r['hooks'])}")
+    click.echo(format_table(["PLUGIN", "ORIGIN", "HOOKS"], [[r["name"], r["origin"], ", ".join(r["hooks"])]
+                                                            for r in rows]))

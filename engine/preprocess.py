@@ -121,20 +121,27 @@ def minmax_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns ``(scaled, constant)`` where ``constant`` marks images with
     max == min (or a non-finite range); those come back as zeros, never NaN.
-    The work is float32 (this runs on every cutout); only when the span of two
-    finite float32 values overflows (up to 6.8e38, e.g. pixels of ±3e38) is the
-    batch redone in float64, so such images are scaled, not called constant.
+    The work is float32 (this runs on every cutout) and in place on one new
+    array.  Only an image whose span of two finite float32 values overflows (up
+    to 6.8e38, e.g. pixels of ±3e38) is redone in float64, so it is scaled, not
+    called constant; the decision is per image, so an image's result never
+    depends on which other images share its batch (the cascade regroups cutouts).
     """
     lo = images.min(axis=(-2, -1), keepdims=True)
     hi = images.max(axis=(-2, -1), keepdims=True)
     with np.errstate(over="ignore"):
         span = hi - lo
-    if np.isinf(span).any() and np.isfinite(lo).all() and np.isfinite(hi).all():
-        images, lo, hi = images.astype(np.float64), lo.astype(np.float64), hi.astype(np.float64)
-        span = hi - lo
-    constant = ~(np.isfinite(span) & (span > 0))
-    safe = np.where(constant, 1, span)
-    scaled = np.where(constant, 0, (images - lo) / safe).astype(np.float32, copy=False)
+    wide = np.isinf(span) & np.isfinite(lo) & np.isfinite(hi)
+    constant = ~(np.isfinite(span) & (span > 0)) & ~wide
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.subtract(images, lo, dtype=np.float32)
+        scaled /= np.where(constant | wide, np.float32(1), span)
+    np.copyto(scaled, np.float32(0), where=constant)
+    if wide.any():
+        at = np.nonzero(wide[..., 0, 0])
+        big = images[at].astype(np.float64)
+        low = big.min(axis=(-2, -1), keepdims=True)
+        scaled[at] = ((big - low) / (big.max(axis=(-2, -1), keepdims=True) - low)).astype(np.float32)
     return scaled, constant[..., 0, 0]
 
 
@@ -142,28 +149,41 @@ def minmax_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _SAFE_MAGNITUDE = 1e30
 
 
-def _to_float32(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, finite)``: the cutouts (n, S, S) as float32 and the (n,) mask of cutouts with all pixels finite.
+def _to_float32(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, finite, lo, hi)``: the cutouts (n, S, S) as float32, the (n,) mask of cutouts with all pixels
+    finite, and each cutout's float32 min and max (meaningful where finite).
 
     Finiteness is judged in the input's own dtype (a float64 1e300 is finite).
     A finite cutout with pixels beyond ``_SAFE_MAGNITUDE`` is min-max scaled to
     [0, 1] in float64 first: resampling is linear and keeps constants, and the
     final min-max scaling removes any offset and scale, so the network input is
-    the same as for unscaled data, but nothing overflows on the way.
+    the same as for unscaled data, but nothing overflows on the way.  For
+    float32 input (the store's dtype) one min and one max pass answer all of
+    it: both propagate NaN and an infinity shows in one of them.
     """
     arr = np.asarray(arr)
-    finite = np.isfinite(arr).all(axis=(-2, -1))
-    with np.errstate(over="ignore"):  # an out-of-range float64 cutout is replaced below
-        x = np.asarray(arr, dtype=np.float32)
-    peak = np.abs(np.where(finite[:, None, None], arr, 0)).max(axis=(-2, -1))
+    if arr.dtype == np.float32:
+        x = arr
+        lo, hi = x.min(axis=(-2, -1)), x.max(axis=(-2, -1))
+        finite = np.isfinite(lo) & np.isfinite(hi)
+        peak = np.where(finite, np.maximum(np.abs(lo), np.abs(hi)), 0)
+    else:
+        finite = np.isfinite(arr).all(axis=(-2, -1))
+        with np.errstate(over="ignore"):  # an out-of-range float64 cutout is replaced below
+            x = np.asarray(arr, dtype=np.float32)
+        peak = np.abs(np.where(finite[:, None, None], arr, 0)).max(axis=(-2, -1))
+        lo = hi = None
     big = np.flatnonzero(peak > _SAFE_MAGNITUDE)
     if big.size:
         wide = arr[big].astype(np.float64)
-        lo = wide.min(axis=(-2, -1), keepdims=True)
-        span = wide.max(axis=(-2, -1), keepdims=True) - lo
+        low = wide.min(axis=(-2, -1), keepdims=True)
+        span = wide.max(axis=(-2, -1), keepdims=True) - low
         x = x.copy() if x is arr else x
-        x[big] = np.where(span > 0, (wide - lo) / np.where(span > 0, span, 1.0), 0.0)
-    return x, finite
+        x[big] = np.where(span > 0, (wide - low) / np.where(span > 0, span, 1.0), 0.0)
+        lo = hi = None
+    if lo is None:
+        lo, hi = x.min(axis=(-2, -1)), x.max(axis=(-2, -1))
+    return x, finite, lo, hi
 
 
 def inspect_bands(bands: dict[str, np.ndarray | None], n: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -186,9 +206,9 @@ def inspect_bands(bands: dict[str, np.ndarray | None], n: int) -> tuple[dict[str
             flag[:] = np.uint32(Flag.BAD_SHAPE)
             clean[band] = np.zeros((n, native, native), dtype=np.float32)
         else:
-            x, finite = _to_float32(arr)
-            lo = np.where(finite, x.min(axis=(-2, -1)), 0)
-            hi = np.where(finite, x.max(axis=(-2, -1)), 0)
+            x, finite, lo, hi = _to_float32(arr)
+            lo = np.where(finite, lo, 0)
+            hi = np.where(finite, hi, 0)
             flag[~finite] |= np.uint32(Flag.NONFINITE)
             flag[finite & (hi <= lo)] |= np.uint32(Flag.CONSTANT_BAND)
             if flag.any():
@@ -243,7 +263,10 @@ class Preprocessor:
             planes[(band, stamp)] = scaled
         inputs, usable = {}, {}
         for spec in self.specs:
-            inputs[spec.name] = np.stack([planes[(b, spec.stamp)] for b in spec.bands], axis=1)
+            if len(spec.bands) == 1:  # a view: (n, S, S) -> (n, 1, S, S) is still contiguous
+                inputs[spec.name] = planes[(spec.bands[0], spec.stamp)][:, None]
+            else:
+                inputs[spec.name] = np.stack([planes[(b, spec.stamp)] for b in spec.bands], axis=1)
             bad = np.zeros(n, dtype=bool)
             for b in spec.bands:
                 bad |= band_flags[b] != 0

@@ -8,27 +8,34 @@ from pathlib import Path
 
 import click
 
+from lensengine.engine.options import (device_option, echo_json, json_option, model_names_option, models_dir_option,
+                                       precision_option, require_modules, threads_option, tiles_option)
+from lensengine.engine.runners import RUNNERS
+
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted — resume with --resume"
 
 
 @click.command("run")
-@click.option("--tiles", "store", type=click.Path(path_type=Path), required=True,
-              help="Survey store (zarr) to score, e.g. survey.zarr (see `lensengine store from-fits`).")
+@tiles_option(help="Survey store (zarr) to score, e.g. survey.zarr (see `lensengine store from-fits`).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("candidates.fits"),
               show_default=True, help="FITS candidate catalogue to write.")
-@click.option("--scores", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Parquet score table of every cutout [default: <out>_scores.parquet].")
-@click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory of lensengine ONNX models [default: the shipped default models].")
-@click.option("--model", "model_names", multiple=True, help="Run only these models (repeatable).")
+@click.option("--scores", type=click.Path(path_type=Path), default=None,
+              help="Score table of every cutout: a folder, a Parquet dataset partitioned by tile "
+                   "(tile=<tile>/part-<row>.parquet; read it with pyarrow.dataset, dask.dataframe.read_parquet "
+                   "or pandas) [default: <out>_scores.parquet, a folder].")
+@models_dir_option()
+@model_names_option()
 @click.option("--ensemble", "ensemble_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Fitted OU-T-SNE (.npz) [default: ou_tsne.npz beside the models, else the mean of the models].")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Candidates are cutouts with ensemble score >= threshold.")
 @click.option("--scheduler", default=None,
               help="Address of an existing Dask scheduler (tcp://host:8786, or tls://host:8786 with the TLS options).")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON file an existing Dask scheduler wrote (`dask scheduler --scheduler-file`, dask-jobqueue, "
+                   "dask-mpi): its address is used as --scheduler (docs/deploy.md).")
 @click.option("--tls-ca-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CA certificate that signed the scheduler's and workers' certificates (with a tls:// --scheduler).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -40,28 +47,44 @@ INTERRUPTED = "interrupted — resume with --resume"
                    "tls_client_key, ...) instead of the --tls-* options.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker processes of the local Dask cluster (ignored with --scheduler).")
-@click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
-              help="ONNX Runtime threads per worker (0: cores / workers).")
+@threads_option(help="ONNX Runtime threads per worker (0: cores / workers).")
 @click.option("--dashboard/--no-dashboard", default=True, show_default=True,
               help="The local cluster's Dask dashboard, on 127.0.0.1 only (its address is logged).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
-              help="auto uses CUDA (and TensorRT) when a GPU is present, else the CPU.")
+@device_option(extra=("tensorrt",), extra_help="run also takes tensorrt (CUDA with TensorRT kernels); auto "
+                                                 "uses CUDA (and TensorRT) when a GPU is present.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
-              help="Cutouts per model call inside a chunk.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
-              help="fp32: ONNX Runtime (portable, exact). bf16: torch autocast on the CPU (needs torch; several "
-                   "times faster on AMX/AVX-512-BF16 CPUs, |dP| ~ 1e-3). auto: bf16 where the CPU supports it.")
+              help="Cutouts per model call inside a task.")
+@click.option("--task-size", type=click.IntRange(0), default=0, show_default=True,
+              help="Cutouts per Dask task (0: one store chunk; a store of under 16 chunks is split into about 16 "
+                   "tasks so progress moves). At least a chunk: whole chunks per task (fewer, larger tasks for "
+                   "fast GPUs); less: row ranges of a chunk.")
+@precision_option(extra_help="Here auto is bf16 on a CPU with AMX/AVX-512-BF16, else fp32. fp32: ONNX Runtime "
+                             "(portable, exact). bf16: torch autocast on the CPU (needs torch; several times "
+                             "faster on AMX/AVX-512-BF16 CPUs, |dP| ~ 1e-3).")
+@click.option("--runner", type=click.Choice(["auto", *RUNNERS]), default=None,
+              help="How the networks run (supersedes --precision). auto: per model the fastest runner measured "
+                   "correct (max |dP| <= 0.01 against ort-fp32) and faster on this CPU, from a calibration "
+                   "(benchmarks/bench_runners.py --save-calibration), else ort-fp32. The choice is recorded in "
+                   "the catalogue (RUNNER<i>); docs/performance.md. [default: as --precision]")
 @click.option("--explain-top", type=click.IntRange(0), default=0, show_default=True,
               help="Write occlusion and Grad-CAM maps for the K best candidates (needs torch).")
 @click.option("--explain-model", default=None, help="Model for --explain-top [default: OU-200 if run].")
+@click.option("--cascade", is_flag=True,
+              help="Run the 66-px networks on every cutout and the 200-px ones (OU-VIS, OU-200) and the ensemble "
+                   "only where the cheap networks' mean P(lens) reaches a gate (models/cascade.json; for the mean "
+                   "ensemble the gate is the bound below which no cutout can reach --threshold, so the catalogue "
+                   "is the full run's). Skipped cutouts stay in the score table, flagged CASCADE_SKIPPED, with "
+                   "NaN 200-px and ensemble scores. Opt-in: docs/performance.md.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run with the same outputs: keep its checked finished chunks.")
 @click.option("--restart", is_flag=True,
               help="Discard the finished chunks of an earlier run with the same outputs and start again.")
+@json_option(help="Print the run summary as JSON on stdout (counts, flags, seconds, output paths).")
 @click.pass_context
-def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, threshold, scheduler, tls_ca_file,
-            tls_cert, tls_key, security_file, workers, threads, dashboard, device, batch_size, precision,
-            explain_top, explain_model, resume, restart):
+def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, threshold, scheduler, scheduler_file,
+            tls_ca_file,
+            tls_cert, tls_key, security_file, workers, threads, dashboard, device, batch_size, task_size, precision,
+            runner, explain_top, explain_model, cascade, resume, restart, as_json):
     """Score every cutout of a survey store and write the candidate catalogue.
 
     Reads the store chunk by chunk on a Dask cluster (local by default, or an
@@ -79,12 +102,15 @@ def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, thr
           --tls-ca-file ca.pem --tls-cert client.pem --tls-key client.key
     """
     from lensengine.engine.models import ContractError
-    from lensengine.engine.reduced import resolve_precision
     from lensengine.engine.registry import resolve_models
     from lensengine.engine.run import RunFailed, RunOptions, RunRefused, command_line, execute_run, format_summary
 
+    if precision == "bf16":
+        require_modules(ctx, "torch")  # bf16 runs the networks in torch: one line naming the extra
     obj = ctx.obj or {}
     quiet = obj.get("quiet", False)
+    if scheduler_file is not None:
+        scheduler = _scheduler_from_file(scheduler_file, scheduler)
     if scores is None:
         scores = out.with_name(out.stem + "_scores.parquet")
     try:
@@ -92,12 +118,13 @@ def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, thr
         opts = RunOptions(store=store, out=out, scores=scores, models=entries, models_dir=models_dir or
                           (Path(entries[0].path).parent if entries else None), threshold=threshold,
                           scheduler=scheduler, workers=workers, threads=threads, device=device,
-                          batch_size=batch_size, resume=resume, restart=restart, ensemble_path=ensemble_path,
-                          precision=resolve_precision(precision, "cpu" if device == "auto" and not _gpu() else device),
+                          batch_size=batch_size, task_size=task_size, resume=resume, restart=restart,
+                          ensemble_path=ensemble_path,
+                          precision=_runner_plan(ctx, runner, precision, entries, device),
                           progress=not quiet and sys.stderr.isatty(), command_line=command_line(),
                           dashboard=dashboard, verbose=obj.get("verbose", 0), tls_ca_file=tls_ca_file,
                           tls_cert=tls_cert, tls_key=tls_key, security_file=security_file,
-                          explain_top=explain_top, explain_model=explain_model)
+                          explain_top=explain_top, explain_model=explain_model, cascade=cascade)
         summary = execute_run(opts)
     except KeyboardInterrupt:
         click.echo(INTERRUPTED, err=True)
@@ -107,7 +134,51 @@ def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, thr
     except (RunFailed, RuntimeError, OSError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    if as_json:
+        echo_json(summary_json(summary, opts))
+        return
     click.echo(format_summary(summary, opts))
+
+
+def summary_json(summary, opts) -> dict:
+    """The run summary for ``--json``: every counter of :class:`RunSummary`, the rate and the outputs."""
+    from dataclasses import asdict
+
+    return {**asdict(summary), "rate": summary.rate, "threshold": opts.threshold, "store": str(opts.store),
+            "scores": str(opts.scores), "out": str(opts.out), "models": [e.name for e in opts.models]}
+
+
+def _runner_plan(ctx, runner, precision, entries, device) -> str:
+    """What runs each model: ``--runner`` when given (one plan string, engine/runners.py), else ``--precision``."""
+    from click.core import ParameterSource
+
+    from lensengine.engine.reduced import resolve_precision
+    from lensengine.engine.runners import choose_runners, encode_plan
+
+    where = "cpu" if device == "auto" and not _gpu() else device
+    if runner is None:
+        return resolve_precision(precision, where)
+    if ctx.get_parameter_source("precision") == ParameterSource.COMMANDLINE:
+        raise ValueError("give --runner or --precision, not both (--runner supersedes --precision)")
+    choice = choose_runners(entries, runner, where)
+    log.info("runners: %s", ", ".join(f"{m} {r}" for m, r in choice.items()))
+    return encode_plan(choice)
+
+
+def _scheduler_from_file(path: Path, scheduler: str | None) -> str:
+    """The address in a Dask scheduler file (what batch-system recipes share instead of an address)."""
+    import json
+
+    if scheduler is not None:
+        raise click.UsageError("--scheduler and --scheduler-file both name the scheduler: give one")
+    try:
+        address = json.loads(Path(path).read_text())["address"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise click.UsageError(f"--scheduler-file {path}: no scheduler address in it ({type(exc).__name__}: "
+                               f"{exc}); is the scheduler up and writing this file?") from None
+    if not isinstance(address, str) or "://" not in address:
+        raise click.UsageError(f"--scheduler-file {path}: address {address!r} is not a scheduler address")
+    return address
 
 
 def _gpu() -> bool:

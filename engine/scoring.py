@@ -18,20 +18,22 @@ exactly like a scored chunk's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import queue
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from lensengine.catalogs.catalog import ENSEMBLE_COLUMN, score_column
 from lensengine.catalogs.flags import Flag, describe
+from lensengine.engine.cascade import Cascade
 from lensengine.engine.ensemble import ensemble_class
-from lensengine.engine.models import INPUT_NAME, OUTPUT_NAME, ModelEntry
+from lensengine.engine.models import ModelEntry
 from lensengine.engine.preprocess import Preprocessor
-from lensengine.engine.sessions import get_session
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class ChunkTask:
     batch_size: int = 32
     ensemble: str | None = None  # path of a fitted OU-T-SNE, None for the mean stand-in
     precision: str = "fp32"      # "fp32" (ONNX Runtime) or one a make_runner plugin answers ("bf16")
+    cascade: Cascade | None = None  # --cascade: the gate (engine.cascade); None scores every model everywhere
 
     @property
     def key(self) -> str:
@@ -121,22 +124,15 @@ def _blank(arrow_type, n: int) -> np.ndarray:
 
 @lru_cache(maxsize=32)
 def make_runner(model: ModelEntry, precision: str = "fp32", device: str = "auto", threads: int = 0) -> Runner:
-    """``run(x) -> p`` for one model: ONNX Runtime for fp32, else the ``make_runner`` plugin hook.
+    """``run(x) -> p`` for one model with the runner ``precision`` names for it (:mod:`lensengine.engine.runners`).
 
-    Built once per process (sessions do not pickle, so each Dask worker builds
-    its own from the model's path).
+    ``precision`` is a runner plan: ``fp32`` (ONNX Runtime), ``bf16``, a
+    runner name, or ``per-model:...``.  Built once per process (sessions do
+    not pickle, so each Dask worker builds its own from the model's path).
     """
-    if precision == "fp32":
-        sess = get_session(str(model.path), device, threads, model.name)
-        return lambda x: sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    from lensengine.plugins.manager import get_plugin_manager
+    from lensengine.engine.runners import build_runner, runner_for
 
-    runner = get_plugin_manager().hook.make_runner(model=model, precision=precision, threads=threads)
-    if runner is None:
-        raise ValueError(f"no plugin runs model {model.name} ({model.path}) in precision {precision!r} "
-                         "(the make_runner hook); for bf16 install the training extra: "
-                         "pip install 'lensengine[training]'")
-    return runner
+    return build_runner(model, runner_for(precision, model.name), device, threads)
 
 
 @lru_cache(maxsize=8)
@@ -161,6 +157,14 @@ def _ensemble(path: str | None):
 
 # --- the core -------------------------------------------------------------------------
 
+#: Cutouts read from the store at a time inside a task: large enough that the per-read cost of the small
+#: columns (IDs, truth) stays small, small enough that no task holds more than a few tens of MB of pixels.
+READ_PIECE = 128
+#: Prepared sub-batches that may wait for the networks: one in work, one or two ready.
+PREFETCH_DEPTH = 2
+_DONE = object()
+
+
 def _run_model(model: ModelEntry, runner: Runner, x: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(p, bad)``: P(lens) of the usable cutouts (NaN elsewhere) and the mask of outputs refused.
 
@@ -172,7 +176,8 @@ def _run_model(model: ModelEntry, runner: Runner, x: np.ndarray, usable: np.ndar
     bad = np.zeros(len(x), dtype=bool)
     rows = np.flatnonzero(usable)
     if rows.size:
-        p = np.asarray(runner(np.ascontiguousarray(x[rows])), dtype=np.float32).reshape(-1)
+        p = np.asarray(runner(np.ascontiguousarray(x if rows.size == len(x) else x[rows])),
+                       dtype=np.float32).reshape(-1)
         if p.size != rows.size:
             raise ValueError(f"model {model.name} ({model.path}) returned {p.size} scores for {rows.size} cutouts")
         ok = (p >= 0) & (p <= 1)
@@ -184,49 +189,166 @@ def _run_model(model: ModelEntry, runner: Runner, x: np.ndarray, usable: np.ndar
     return out, bad
 
 
-def score_batch(batch, models, ensemble, *, runners: dict[str, Runner], preprocessor: Preprocessor,
-                batch_size: int) -> dict[str, np.ndarray]:
-    """Score one batch of cutouts with every model and the ensemble.
+def _in_background(items: Iterator, depth: int = PREFETCH_DEPTH) -> Iterator:
+    """Yield ``items`` in order while a thread produces the next ones (at most ``depth`` wait).
+
+    Reading and preprocessing the next sub-batch then overlaps with the networks
+    scoring this one: ONNX Runtime, zarr's decompression and NumPy's large
+    operations all release the GIL.  An exception in the producer is raised
+    here, at the item where it happened; a consumer that stops early stops the
+    producer (it finishes the item in hand first).
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, _DONE))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((False, exc))
+
+    worker = threading.Thread(target=produce, name="lensengine-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _stages(models, cascade: Cascade | None) -> tuple[tuple[ModelEntry, ...], tuple[ModelEntry, ...]]:
+    """(models run on every cutout, models run only past the cascade's gate)."""
+    if cascade is None:
+        return tuple(models), ()
+    return (tuple(m for m in models if m.name in cascade.cheap),
+            tuple(m for m in models if m.name in cascade.expensive))
+
+
+def _sub_batches(batch, start: int, batch_size: int) -> Iterator[tuple[int, int, dict, np.ndarray]]:
+    """``(lo, hi, bands, store_flags)`` of each ``batch_size`` slice of an in-memory batch (lo, hi from ``start``)."""
+    bands = batch.bands()
+    flags = np.asarray(batch.flags, np.uint32)
+    for lo in range(0, len(batch), batch_size):
+        hi = min(lo + batch_size, len(batch))
+        yield (start + lo, start + hi, {b: (None if a is None else a[lo:hi]) for b, a in bands.items()},
+               flags[lo:hi])
+
+
+def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runners: dict[str, Runner],
+                       cascade: Cascade | None = None, preprocessor: Preprocessor | None = None,
+                       prefetch: bool = True) -> dict[str, np.ndarray]:
+    """The core of :func:`score_batch` and :func:`score_chunk`: score ``n`` cutouts given as sub-batches.
+
+    ``sub_batches`` yields ``(lo, hi, bands, store_flags)`` covering rows
+    ``[0, n)`` in order.  Each is preprocessed for the first-stage models (all
+    of them, or the cascade's cheap ones) -- in a background thread when
+    ``prefetch`` -- and scored; with a cascade, the rows whose cheap scores
+    pass the gate are preprocessed for the expensive models and scored by them
+    (in groups of at most the sub-batch size, so the networks see the same
+    inputs as in a full run), and the others are flagged ``CASCADE_SKIPPED``.
+    The ensemble scores only the rows every model was asked to score; a
+    skipped row's ensemble columns stay unknown (NaN, -1).
+    """
+    first, second = _stages(models, cascade)
+    column = {m.name: j for j, m in enumerate(models)}
+    prep1 = preprocessor if (preprocessor is not None and cascade is None) else preprocessor_for(first)
+    probs = np.full((n, len(models)), np.nan, np.float32)
+    store_flags = np.zeros(n, np.uint32)
+    flags = np.zeros(n, np.uint32)
+    went_on = np.ones(n, dtype=bool)
+
+    def prepared(items):
+        for lo, hi, bands, sflags in items:
+            yield lo, hi, bands, sflags, prep1(bands, hi - lo)
+
+    stream = prepared(sub_batches)
+    for lo, hi, bands, sflags, prep in (_in_background(stream) if prefetch else stream):
+        store_flags[lo:hi] = sflags
+        flags[lo:hi] |= sflags | prep.flags
+        for m in first:
+            p, bad = _run_model(m, runners[m.name], prep.inputs[m.name], prep.usable[m.name])
+            probs[lo:hi, column[m.name]] = p
+            flags[lo:hi][bad] |= np.uint32(Flag.BAD_MODEL_OUTPUT)
+        if not second:
+            continue
+        on = cascade.passes(probs[lo:hi][:, [column[name] for name in cascade.cheap]])
+        went_on[lo:hi] = on
+        rows = np.flatnonzero(on)
+        if not rows.size:
+            continue
+        prep2 = preprocessor_for(second)({b: (None if a is None else a[rows]) for b, a in bands.items()}, rows.size)
+        at = lo + rows
+        flags[at] |= prep2.flags
+        for m in second:
+            p, bad = _run_model(m, runners[m.name], prep2.inputs[m.name], prep2.usable[m.name])
+            probs[at, column[m.name]] = p
+            flags[at[bad]] |= np.uint32(Flag.BAD_MODEL_OUTPUT)
+    # a band the store marked missing for a cutout arrives as NaN: report it as missing, not as bad pixels
+    missing = (store_flags & np.uint32(Flag.MISSING_BAND)) != 0
+    flags[missing] &= ~np.uint32(Flag.NONFINITE)
+    skipped = ~went_on
+    flags[skipped] |= np.uint32(Flag.CASCADE_SKIPPED)
+
+    out = {score_column(m.name): probs[:, j] for j, m in enumerate(models)}
+    if ensemble is not None:
+        # never hand the ensemble a skipped row: its missing expensive scores would read as "could not score"
+        scored = np.flatnonzero(went_on)
+        out[ENSEMBLE_COLUMN] = np.full(n, np.nan, np.float32)
+        extra: dict[str, np.ndarray] = {}
+        if scored.size:
+            score, extra, ens_flags = ensemble.score(probs if scored.size == n else probs[scored])
+            out[ENSEMBLE_COLUMN][scored] = np.asarray(score, np.float32)
+            flags[scored] |= np.asarray(ens_flags, np.uint32)
+        for column_ in ensemble.columns:
+            if scored.size and column_.name not in extra:
+                raise RuntimeError(f"ensemble {ensemble.name} did not return its declared column {column_.name}")
+            dtype = np.dtype(column_.dtype)
+            values = np.full(n, np.nan if dtype.kind == "f" else -1, dtype=dtype)
+            if scored.size:
+                values[scored] = np.asarray(extra[column_.name], dtype=dtype)
+            out[column_.name] = values
+    out["FLAGS"] = flags
+    return out
+
+
+def score_batch(batch, models, ensemble, *, runners: dict[str, Runner], preprocessor: Preprocessor | None = None,
+                batch_size: int, cascade: Cascade | None = None, prefetch: bool = True) -> dict[str, np.ndarray]:
+    """Score one in-memory batch of cutouts with every model and the ensemble.
 
     ``batch`` is a :class:`~lensengine.catalogs.store.CutoutBatch`, ``models``
     the :class:`ModelEntry` sequence, ``ensemble`` an object with
     ``score(probs) -> (score, columns, flags)`` and declared ``columns``
     (:mod:`lensengine.engine.ensemble`) or None for no ensemble, ``runners``
     maps model name to ``run(x) -> p`` (:func:`make_runner`),
-    ``preprocessor`` is :func:`preprocessor_for` of the models.  Cutouts go
-    through the networks ``batch_size`` at a time, in order.
+    ``preprocessor`` is :func:`preprocessor_for` of the models (made here when
+    not given).  Cutouts go through the networks ``batch_size`` at a time, in
+    order, the next sub-batch preprocessed while the networks run (``prefetch``).
+    ``cascade`` (:class:`~lensengine.engine.cascade.Cascade`) runs its
+    expensive models only past its gate.
 
     Returns ``{P_<MODEL>: ..., P_ENSEMBLE: ..., <ensemble columns>, FLAGS: ...}``
     (no ensemble entries when ``ensemble`` is None), one value per cutout.
     """
-    n = len(batch)
-    probs = np.full((n, len(models)), np.nan, np.float32)
-    store_flags = np.asarray(batch.flags, np.uint32)
-    flags = store_flags.copy()
-    bands = batch.bands()
-    for lo in range(0, n, batch_size):
-        hi = min(lo + batch_size, n)
-        prepared = preprocessor({b: (None if a is None else a[lo:hi]) for b, a in bands.items()}, hi - lo)
-        flags[lo:hi] |= prepared.flags
-        for j, m in enumerate(models):
-            p, bad = _run_model(m, runners[m.name], prepared.inputs[m.name], prepared.usable[m.name])
-            probs[lo:hi, j] = p
-            flags[lo:hi][bad] |= np.uint32(Flag.BAD_MODEL_OUTPUT)
-    # a band the store marked missing for a cutout arrives as NaN: report it as missing, not as bad pixels
-    missing = (store_flags & np.uint32(Flag.MISSING_BAND)) != 0
-    flags[missing] &= ~np.uint32(Flag.NONFINITE)
-
-    out = {score_column(m.name): probs[:, j] for j, m in enumerate(models)}
-    if ensemble is not None:
-        score, extra, ens_flags = ensemble.score(probs)
-        flags |= ens_flags
-        out[ENSEMBLE_COLUMN] = np.asarray(score, np.float32)
-        for column in ensemble.columns:
-            if column.name not in extra:
-                raise RuntimeError(f"ensemble {ensemble.name} did not return its declared column {column.name}")
-            out[column.name] = np.asarray(extra[column.name], dtype=column.dtype)
-    out["FLAGS"] = flags
-    return out
+    return _score_sub_batches(_sub_batches(batch, 0, batch_size), len(batch), models, ensemble, runners=runners,
+                              cascade=cascade, preprocessor=preprocessor, prefetch=prefetch)
 
 
 def _index_rows(store, task: ChunkTask) -> dict[str, np.ndarray]:
@@ -242,6 +364,27 @@ def _index_rows(store, task: ChunkTask) -> dict[str, np.ndarray]:
     return out
 
 
+def _store_sub_batches(store, task: ChunkTask, read: list) -> Iterator[tuple[int, int, dict, np.ndarray]]:
+    """The task's rows as sub-batches, read ``READ_PIECE`` cutouts at a time (images dropped once split).
+
+    Appends each piece, without its images, to ``read`` (IDs, positions,
+    truth); raises :class:`~lensengine.catalogs.store.ChunkReadError` for a
+    piece that cannot be read or comes back short, which makes the whole task
+    unreadable, as a whole-chunk read would.
+    """
+    from lensengine.catalogs.store import ChunkReadError
+
+    step = max(task.batch_size, READ_PIECE // task.batch_size * task.batch_size)
+    for a in range(task.start, task.stop, step) or (task.start,):  # an empty task still reads its (empty) range
+        b = min(a + step, task.stop)
+        piece = store.read(task.tile, a, b)
+        if len(piece) != b - a:
+            raise ChunkReadError(task.tile, task.index, f"read {len(piece)} cutouts of rows [{a}, {b}), "
+                                                        f"expected {b - a}")
+        yield from _sub_batches(piece, a - task.start, task.batch_size)
+        read.append(dataclasses.replace(piece, vis=None, nisp=None))
+
+
 def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     """Score every cutout of one chunk; returns the score-table rows as columns in :func:`row_schema` order.
 
@@ -249,7 +392,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     unknown (NaN, -1 or ""), its FLAGS ``UNREADABLE`` and its ERROR the reason.
     Columns added by ``process_batch`` plugins follow the schema's.
     """
-    from lensengine.catalogs.store import ChunkReadError
+    from lensengine.catalogs.store import ChunkReadError, CutoutBatch
 
     store = _open_store(task.store)
     n = task.stop - task.start
@@ -257,20 +400,19 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     rows: dict[str, np.ndarray] = {"TILE": np.full(n, task.tile, dtype=object),
                                    "CHUNK": np.full(n, task.index, np.int32),
                                    "ROW": np.arange(task.start, task.stop, dtype=np.int64)}
+    read: list = []  # the small columns of each piece read, in order
     try:
-        batch = store.read_chunk(task.tile, task.index)
-        if len(batch) != n:
-            raise ChunkReadError(task.tile, task.index, f"read {len(batch)} cutouts, expected {n}")
+        runners = {m.name: make_runner(m, task.precision, task.device, task.threads) for m in task.models}
+        scored = _score_sub_batches(_store_sub_batches(store, task, read), n, task.models, _ensemble(task.ensemble),
+                                    runners=runners, cascade=task.cascade)
     except ChunkReadError as exc:
         log.warning("unreadable chunk: %s", exc)
         rows.update(_index_rows(store, task), FLAGS=np.full(n, np.uint32(Flag.UNREADABLE), np.uint32),
                     ERROR=np.full(n, str(exc), dtype=object))
     else:
-        runners = {m.name: make_runner(m, task.precision, task.device, task.threads) for m in task.models}
-        rows.update(OBJECT_ID=batch.object_id, RA=batch.ra, DEC=batch.dec,
-                    ERROR=np.full(n, "", dtype=object),
-                    **score_batch(batch, task.models, _ensemble(task.ensemble), runners=runners,
-                                  preprocessor=preprocessor_for(task.models), batch_size=task.batch_size))
+        batch = CutoutBatch.concatenate(read)
+        rows.update(OBJECT_ID=batch.object_id, RA=batch.ra, DEC=batch.dec, ERROR=np.full(n, "", dtype=object),
+                    **scored)
         rows.update({_truth_column(k): v for k, v in batch.truth.items() if k in store.truth_columns})
     # a chunk holds few distinct flag values: describe each once, not once per cutout
     values, inverse = np.unique(rows["FLAGS"], return_inverse=True)
@@ -295,19 +437,28 @@ def _plugin_columns(rows: dict[str, np.ndarray], task: ChunkTask) -> dict[str, n
 
 
 def score_store(store, models, ensemble: str | None = None, *, device: str = "auto", threads: int = 0,
-                batch_size: int = 32, precision: str = "fp32") -> Iterator[dict[str, np.ndarray]]:
+                batch_size: int = 32, precision: str = "fp32", rows_per_task: int | None = None,
+                cascade: Cascade | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Yield :func:`score_chunk`'s rows for every chunk of ``store``, in store order, in this process.
 
     What ``lensengine evaluate`` and ``lensengine recall-test`` score with: the
     same tasks ``lensengine run`` hands its workers, so the numbers are run's.
     ``store`` is a path or an open :class:`~lensengine.catalogs.store.SurveyStore`;
-    ``ensemble`` as in :class:`ChunkTask`.
+    ``ensemble`` as in :class:`ChunkTask`.  ``rows_per_task`` splits each chunk
+    into tasks of at most that many rows (the same scores, yielded sooner), so
+    a caller's progress bar can move within a chunk.  ``cascade`` as in
+    :class:`ChunkTask` (the cascade benchmark's steady state; evaluate and the
+    recall test score every model).
     """
-    path = str(Path(getattr(store, "path", store)).resolve())
+    from lensengine.catalogs.store import location_key
+
+    path = location_key(getattr(store, "path", store))  # a URL as given, a local path made absolute
     _open_store.cache_clear()  # a command sees the store as it is now, not as an earlier command in this process did
     opened = _open_store(path)
     models = tuple(models)
     for tile in opened.tiles:
         for index, (start, stop) in enumerate(opened.chunk_slices(tile)):
-            yield score_chunk(ChunkTask(path, tile, index, start, stop, models, device, threads, batch_size,
-                                        ensemble, precision))
+            step = rows_per_task or (stop - start) or 1
+            for lo in range(start, stop, step):
+                yield score_chunk(ChunkTask(path, tile, index, lo, min(lo + step, stop), models, device, threads,
+                                            batch_size, ensemble, precision, cascade))

@@ -1,9 +1,14 @@
 """Figures for the interpretability maps (matplotlib, Agg backend, PNG).
 
-Display conventions (paper §5): NISP bands as RGB with red = H, green = J,
-blue = Y; VIS log-scaled; occlusion maps on a diverging colour map centred on
-zero with blue where occluding lowers P(lens) (a lens feature) and red where
-it raises it.
+Display conventions (paper §5, made readable): NISP bands as a Lupton colour composite with red = H,
+green = J, blue = Y; VIS twice, under a noise-scaled asinh stretch and with the lens light removed (the
+image minus a smooth elliptical model of the galaxy), because a faint arc beside a bright lens galaxy
+disappears under a log stretch scaled to the galaxy's core.  The stretches are the gallery's
+(:mod:`lensengine.plugins._gallery_images`).  Maps are drawn over the image, each with a colour bar: occlusion
+on a diverging colour map centred on zero with blue where occluding lowers P(lens) (a lens feature) and red
+where it raises it; Grad-CAM and guided Grad-CAM on ``inferno`` from 0 to 1.  A map that is zero everywhere
+(nothing to explain: P(lens) saturated at 0 or 1) says so on the panel instead of showing a blank square.
+Panels are 4.5 inches at 110 dpi (about 400 px of image each after the colour bars), titles 11 pt.
 """
 
 from __future__ import annotations
@@ -12,10 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["rgb_image", "vis_log", "display_image", "plot_occlusion", "plot_gradcam", "plot_generated",
-           "plot_kav_grid"]
+from lensengine.plugins import _gallery_images as _views
 
-_LOG_A = 1000.0
+__all__ = ["rgb_image", "vis_asinh", "vis_lens_subtracted", "display_image", "plot_occlusion", "plot_gradcam",
+           "plot_generated", "plot_kav_grid", "ZERO_NOTE"]
+
+#: field every network input covers (arcsec), whatever its stamp
+_FIELD_ARCSEC = 20.0
+#: panel side (inches) and resolution of the saved figures
+_PANEL_INCHES = 4.5
+_DPI = 110
+_TITLE = 11
+#: what a panel says instead of showing a map that is zero everywhere
+ZERO_NOTE = "map is zero everywhere:\nnothing to explain\n(P(lens) saturated at 0 or 1)"
 
 
 def _plt():
@@ -27,35 +41,41 @@ def _plt():
     return plt
 
 
-def vis_log(img: np.ndarray) -> np.ndarray:
-    """Log stretch of an image scaled to [0, 1]: log(1 + a x) / log(1 + a), a = 1000."""
-    x = np.clip(np.asarray(img, dtype=float), 0, None)
-    hi = x.max()
-    x = x / hi if hi > 0 else x
-    return np.log1p(_LOG_A * x) / np.log1p(_LOG_A)
+def vis_asinh(img: np.ndarray) -> np.ndarray:
+    """VIS under the noise-scaled asinh stretch, in [0, 1]."""
+    return _views.asinh_stretch(img)
+
+
+def vis_lens_subtracted(img: np.ndarray) -> np.ndarray:
+    """VIS minus a smooth elliptical model of the central galaxy (arcs stay), in [0, 1]."""
+    return _views.lens_subtracted(img)
 
 
 def rgb_image(x: np.ndarray, bands: tuple[str, ...]) -> np.ndarray | None:
-    """(S, S, 3) RGB of a (C, S, S) input with red = H, green = J, blue = Y; None without NISP bands.
+    """(S, S, 3) Lupton composite of a (C, S, S) input, red = H, green = J, blue = Y; None without NISP bands.
 
     A model reading only some NISP bands shows the missing ones as black.
     """
     idx = {b: i for i, b in enumerate(bands)}
     if not any(b in idx for b in ("Y", "J", "H")):
         return None
-    planes = [np.clip(x[idx[b]], 0, 1) if b in idx else np.zeros(x.shape[1:]) for b in ("H", "J", "Y")]
-    return np.stack(planes, axis=-1)
+    return _views.lupton_rgb(*[x[idx[b]] if b in idx else None for b in ("H", "J", "Y")])
 
 
 def display_image(x: np.ndarray, bands: tuple[str, ...]) -> tuple[np.ndarray, str]:
-    """The best single view of an input: log VIS if present, else the NISP RGB."""
+    """The best single view of an input: asinh VIS if present, else the NISP composite."""
     if "VIS" in bands:
-        return vis_log(x[bands.index("VIS")]), "VIS (log)"
+        return vis_asinh(x[bands.index("VIS")]), "VIS (asinh)"
     return rgb_image(x, bands), "RGB = H, J, Y"
 
 
-def _panels(plt, n: int, size: float = 3.0):
-    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.4), squeeze=False)
+def _grey(view: np.ndarray) -> np.ndarray:
+    """A view as grey levels (the luminance of a colour one), the background of an overlay."""
+    return view.mean(axis=-1) if view.ndim == 3 else view
+
+
+def _panels(plt, n: int, size: float = _PANEL_INCHES):
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.6), squeeze=False)
     for ax in axes[0]:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -65,73 +85,104 @@ def _panels(plt, n: int, size: float = 3.0):
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     _plt().close(fig)
     return path
 
 
 def _input_panels(axes, x, bands) -> int:
-    """Draw the RGB and the log VIS panels that exist; return how many were drawn."""
+    """Draw the colour composite, the asinh VIS and the lens-light-subtracted VIS that exist; return how many."""
     k = 0
     rgb = rgb_image(x, bands)
     if rgb is not None:
         axes[k].imshow(rgb, origin="lower")
-        axes[k].set_title("RGB = H, J, Y", fontsize=9)
+        axes[k].set_title("NISP: red H, green J, blue Y", fontsize=_TITLE)
         k += 1
     if "VIS" in bands:
-        axes[k].imshow(vis_log(x[bands.index("VIS")]), origin="lower", cmap="gray")
-        axes[k].set_title("VIS (log)", fontsize=9)
-        k += 1
+        vis = x[bands.index("VIS")]
+        axes[k].imshow(vis_asinh(vis), origin="lower", cmap="gray", vmin=0, vmax=1)
+        axes[k].set_title("VIS (asinh)", fontsize=_TITLE)
+        axes[k + 1].imshow(vis_lens_subtracted(vis), origin="lower", cmap="gray", vmin=0, vmax=1)
+        axes[k + 1].set_title("VIS \u2212 lens light model", fontsize=_TITLE)
+        k += 2
     return k
 
 
 def _n_input_panels(bands) -> int:
-    return int(any(b in bands for b in ("Y", "J", "H"))) + int("VIS" in bands)
+    return int(any(b in bands for b in ("Y", "J", "H"))) + 2 * int("VIS" in bands)
+
+
+def _zero_note(ax) -> None:
+    ax.text(0.5, 0.5, ZERO_NOTE, transform=ax.transAxes, ha="center", va="center", fontsize=_TITLE,
+            color="white", bbox={"facecolor": "black", "alpha": 0.7, "edgecolor": "white"})
+
+
+def _overlay(fig, ax, background, heat, *, cmap, norm, label, alpha=0.85):
+    """``heat`` over the grey ``background`` with a labelled colour bar.
+
+    Each pixel's opacity grows with ``|heat|`` (up to ``alpha`` at the map's largest magnitude), so the
+    image stays visible where the map is near zero and the map's structure is what catches the eye.
+    """
+    import matplotlib.cm as cm
+
+    heat = np.asarray(heat, dtype=float)
+    ax.imshow(_grey(background), origin="lower", cmap="gray", vmin=0, vmax=1)
+    top = float(np.abs(heat).max())
+    if top > 0:
+        ax.imshow(heat, origin="lower", cmap=cmap, norm=norm, alpha=alpha * np.abs(heat) / top)
+    bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label(label, fontsize=_TITLE - 1)
+    bar.ax.tick_params(labelsize=_TITLE - 2)
+    if top == 0:
+        _zero_note(ax)
 
 
 def plot_occlusion(x: np.ndarray, pixel_map: np.ndarray, bands: tuple[str, ...], path, *, title: str = "",
                    label: str = "ΔP(lens)") -> Path:
-    """Input panels, then the occlusion map over the input (blue = lens feature, centred on 0)."""
+    """Input panels, then the occlusion map over the input (blue = lens feature, centred on 0, colour bar)."""
     plt = _plt()
     from matplotlib.colors import TwoSlopeNorm
 
     fig, axes = _panels(plt, _n_input_panels(bands) + 1)
     k = _input_panels(axes, x, bands)
     bg, _ = display_image(x, bands)
-    ax = axes[k]
-    ax.imshow(bg if bg.ndim == 3 else bg, origin="lower", cmap="gray")
     m = float(np.abs(pixel_map).max()) or 1e-12
-    im = ax.imshow(pixel_map, origin="lower", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -m, m), alpha=0.75)
-    ax.set_title(f"occlusion {label}\nblue = lens feature", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    _overlay(fig, axes[k], bg, pixel_map, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -m, m), label=label)
+    axes[k].set_title(f"occlusion {label}\nblue = lens feature", fontsize=_TITLE)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=_TITLE + 1)
     return _save(fig, path)
 
 
 def plot_gradcam(x: np.ndarray, result: dict, bands: tuple[str, ...], path, *, threshold: float = 0.05,
                  title: str = "") -> Path:
-    """Input, Grad-CAM heat map, Guided Grad-CAM map, and the input where the map >= threshold."""
+    """Input panels, Grad-CAM and guided Grad-CAM over the input (colour bars), the input where map >= threshold."""
     plt = _plt()
+    from matplotlib.colors import Normalize
+
     fig, axes = _panels(plt, _n_input_panels(bands) + 3)
     k = _input_panels(axes, x, bands)
     bg, _ = display_image(x, bands)
-    axes[k].imshow(result["gradcam"], origin="lower", cmap="inferno", vmin=0, vmax=1)
-    axes[k].set_title("Grad-CAM", fontsize=9)
-    axes[k + 1].imshow(result["map"], origin="lower", cmap="gray", vmin=0, vmax=1)
-    axes[k + 1].set_title("Guided Grad-CAM", fontsize=9)
-    keep = result["map"] >= threshold
+    _overlay(fig, axes[k], bg, np.asarray(result["gradcam"]), cmap="inferno", norm=Normalize(0, 1),
+             label="Grad-CAM (relative)")
+    axes[k].set_title("Grad-CAM", fontsize=_TITLE)
+    _overlay(fig, axes[k + 1], bg, np.asarray(result["map"]), cmap="inferno", norm=Normalize(0, 1),
+             label="guided Grad-CAM (relative)")
+    axes[k + 1].set_title("Guided Grad-CAM", fontsize=_TITLE)
+    keep = np.asarray(result["map"]) >= threshold
     shown = np.where(keep[..., None], bg, 0.0) if bg.ndim == 3 else np.where(keep, bg, 0.0)
-    axes[k + 2].imshow(shown, origin="lower", cmap=None if bg.ndim == 3 else "gray")
-    axes[k + 2].set_title(f"input where map ≥ {threshold:g}", fontsize=9)
+    axes[k + 2].imshow(shown, origin="lower", cmap=None if bg.ndim == 3 else "gray", vmin=0, vmax=1)
+    axes[k + 2].set_title(f"input where map ≥ {threshold:g}", fontsize=_TITLE)
+    if not keep.any():
+        _zero_note(axes[k + 2])
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=_TITLE + 1)
     return _save(fig, path)
 
 
 def plot_generated(img: np.ndarray, bands: tuple[str, ...], path, *, title: str = "",
                    history: list[float] | None = None, history_label: str = "P(target)") -> Path:
-    """A generated input (CGI, Deep Dream, GKI) as RGB / log VIS, with its optimisation history."""
+    """A generated input (CGI, Deep Dream, GKI) as RGB / asinh VIS, with its optimisation history."""
     plt = _plt()
     fig, axes = _panels(plt, _n_input_panels(bands) + (1 if history else 0))
     k = _input_panels(axes, img, bands)

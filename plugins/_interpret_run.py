@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,20 +24,31 @@ from lensengine.engine.specs import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "PER_CUTOUT", "PER_MODEL", "ExplainOptions", "load_network", "find_cutouts",
-           "explain_cutouts", "explain_model", "kav_over_store"]
+__all__ = ["METHODS", "PER_CUTOUT", "PER_MODEL", "DEFAULT_METHODS", "SLOW_METHODS", "QUICK_OCCLUSION",
+           "ExplainOptions", "load_network", "find_cutouts", "explain_cutouts", "explain_model", "kav_over_store",
+           "estimate_seconds"]
 
 PER_CUTOUT = ("occlusion", "gradcam", "deepdream", "kav")
 PER_MODEL = ("cgi", "gki")
 METHODS = ("occlusion", "kav", "cgi", "deepdream", "gki", "gradcam")
+#: What ``lensengine explain`` makes unless told otherwise: a few seconds per object and model on a laptop CPU.
+DEFAULT_METHODS = ("occlusion", "gradcam", "kav")
+#: Input optimisation (one forward and backward pass per update, thousands of updates): minutes per object or
+#: model, so only on request, with an estimate printed first (:func:`estimate_seconds`).
+SLOW_METHODS = ("deepdream", "cgi")
+#: The quick occlusion grid (patch, stride) per family: 11 x 11 and 10 x 10 positions instead of the paper's
+#: 66 x 66 and 50 x 50 (``grid="paper"``: :data:`~lensengine.plugins._interpret_methods.OCCLUSION_DEFAULTS`),
+#: about 40 times fewer forward passes.
+QUICK_OCCLUSION = {"OU-66": (6, 6), "OU-200": (20, 20)}
 
 
 @dataclass
 class ExplainOptions:
     """Settings of every method; defaults are the paper's (SPEC §9)."""
 
-    patch: int | None = None          # occlusion square (default 1 for OU-66, 4 for OU-200)
-    stride: int | None = None         # occlusion stride (default = the family's)
+    patch: int | None = None          # occlusion square (default: the grid's, below)
+    stride: int | None = None         # occlusion stride (default: the grid's)
+    grid: str = "quick"               # occlusion grid: "quick" (QUICK_OCCLUSION) or "paper" (1 OU-66, 4 OU-200)
     score: str = "p"                  # occlusion score: "p" (ΔP(lens)) or "logit"
     batch_size: int = 256             # occluded copies per forward pass
     recipe: str = "paper"             # CGI / Deep Dream recipe: "paper" or "code"
@@ -118,8 +130,71 @@ def _spec_for(model_name: str, net, spec: ModelSpec | None) -> ModelSpec:
     return spec
 
 
+def estimate_seconds(net, spec: ModelSpec, methods, n_objects: int, options: ExplainOptions | None = None
+                     ) -> dict[str, float]:
+    """Estimated seconds of each slow method (:data:`SLOW_METHODS`) asked for, on this machine, now.
+
+    One input update is timed (a forward and a backward pass of one image) and multiplied by the
+    recipe's updates: Deep Dream per object (``n_objects`` of them), a class-generated image once per
+    model.  Methods that are not slow are left out (seconds each).
+    """
+    import torch
+
+    from lensengine.plugins._interpret_methods import RECIPES, eval_mode
+
+    opts = options or ExplainOptions()
+    slow = [m for m in SLOW_METHODS if m in methods and (m == "cgi" or n_objects)]
+    if not slow:
+        return {}
+    recipe = RECIPES[opts.recipe]
+    img = torch.rand(1, net.in_channels, spec.stamp, spec.stamp, requires_grad=True)
+    with eval_mode(net):
+        net(img)[0, opts.target].backward()  # warm-up: the first pass pays for allocations
+        start = time.perf_counter()
+        net(img)[0, opts.target].backward()
+        step = time.perf_counter() - start
+    updates = {"deepdream": (opts.steps or recipe.dream_steps) * n_objects, "cgi": opts.steps or recipe.cgi_steps}
+    return {m: updates[m] * step for m in slow}
+
+
+class _ObjectProgress:
+    """Progress over the objects of :func:`explain_cutouts`: a bar with the time left, on a terminal only.
+
+    Each finished object is also logged (INFO) with how many are done, the time so far and the
+    estimated time left, so a long run shows progress in a log file or a pipe too.
+    """
+
+    def __init__(self, enabled: bool, model_name: str, total: int):
+        self.model_name, self.total, self.done, self.start = model_name, total, 0, time.perf_counter()
+        self._bar = None
+        if enabled and total:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self._bar = Progress(TextColumn(f"explaining with {model_name}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=console, transient=True)
+                self._task = self._bar.add_task("", total=total)
+                self._bar.start()
+
+    def advance(self, oid: int) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        log.info("%s: object %d done (%d/%d, %.1f s so far, about %.0f s left)", self.model_name, oid, self.done,
+                 self.total, elapsed, left)
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 def explain_cutouts(model_name: str, net, bands_batch, methods, out_dir, *, object_ids=None,
-                    spec: ModelSpec | None = None, options: ExplainOptions | None = None) -> dict[int, dict[str, Path]]:
+                    spec: ModelSpec | None = None, options: ExplainOptions | None = None,
+                    progress: bool = False) -> dict[int, dict[str, Path]]:
     """Interpretability maps for a batch of cutouts; returns ``{object_id: {method: PNG path}}``.
 
     ``bands_batch`` is a :class:`~lensengine.catalogs.store.CutoutBatch` or a
@@ -127,10 +202,10 @@ def explain_cutouts(model_name: str, net, bands_batch, methods, out_dir, *, obje
     default 0..n-1).  ``methods`` is any of :data:`PER_CUTOUT` (others are
     ignored here: see :func:`explain_model`).  Raw maps are written beside each
     PNG with the same stem.  Cutouts with bad bands (flags) are skipped with a
-    warning.
+    warning.  ``progress`` shows a bar with the time left on a terminal (each
+    finished object is logged either way).
     """
     from lensengine.plugins import _interpret_methods as M
-    from lensengine.plugins import _interpret_plots as P
 
     opts = options or ExplainOptions()
     spec = _spec_for(model_name, net, spec)
@@ -139,42 +214,55 @@ def explain_cutouts(model_name: str, net, bands_batch, methods, out_dir, *, obje
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, Path]] = {}
     probs = M.lens_probability(net, x_all) if len(x_all) else np.zeros(0)
-    for n, oid in enumerate(ids):
-        if not usable[n]:
-            log.warning("%s: cutout %d has bad or missing bands; not explained", model_name, oid)
-            continue
-        x = x_all[n]
-        log.info("%s: explaining object %d (%s)", model_name, oid, ", ".join(sorted(set(methods) & set(PER_CUTOUT))))
-        title = f"{model_name}  object {oid}  P(lens) = {probs[n]:.4f}"
-        done: dict[str, Path] = {}
-        stem = out / str(oid)
-        if "occlusion" in methods:
-            patch, stride = M.OCCLUSION_DEFAULTS[net.family]
-            patch, stride = opts.patch or patch, opts.stride or stride
-            grid = M.occlusion_map(net, x, patch=patch, stride=stride, batch_size=opts.batch_size, score=opts.score)
-            pixel = M.expand_grid(grid, x.shape[-1], patch, stride)
-            np.savez(f"{stem}_occlusion.npz", grid=grid, pixel_map=pixel, patch=patch, stride=stride,
-                     score=opts.score, p_lens=probs[n])
-            label = "ΔP(lens)" if opts.score == "p" else "Δ logit"
-            done["occlusion"] = P.plot_occlusion(x, pixel, spec.bands, f"{stem}_occlusion.png", title=title,
-                                                 label=label)
-        if "gradcam" in methods:
-            res = M.guided_gradcam(net, x, target=opts.target)
-            np.savez(f"{stem}_gradcam.npz", **res)
-            done["gradcam"] = P.plot_gradcam(x, res, spec.bands, f"{stem}_gradcam.png", threshold=opts.threshold,
-                                             title=title)
-        if "deepdream" in methods:
-            img, hist = M.deep_dream(net, x, target=opts.target, recipe=opts.recipe, steps=opts.steps)
-            np.save(f"{stem}_deepdream.npy", img)
-            done["deepdream"] = P.plot_generated(img, spec.bands, f"{stem}_deepdream.png", history=hist,
-                                                 title=f"{title}\nDeep Dream ({opts.recipe} recipe), "
-                                                       f"target {'lens' if opts.target else 'non-lens'}")
-        if "kav" in methods:
-            kav = M.kernel_activations(net, x)
-            np.savez(f"{stem}_kav.npz", **{f"layer_{k}": v[0] for k, v in kav.items()})
-            done["kav"] = _plot_kav_profile(kav, f"{stem}_kav.png", title)
-        results[oid] = done
+    bar = _ObjectProgress(progress, model_name, int(np.count_nonzero(usable)))
+    try:
+        for n, oid in enumerate(ids):
+            if not usable[n]:
+                log.warning("%s: cutout %d has bad or missing bands; not explained", model_name, oid)
+                continue
+            results[oid] = _explain_one(model_name, net, spec, x_all[n], probs[n], oid, methods, out, opts)
+            bar.advance(oid)
+    finally:
+        bar.close()
     return results
+
+
+def _explain_one(model_name: str, net, spec: ModelSpec, x, p_lens: float, oid: int, methods, out: Path,
+                 opts: ExplainOptions) -> dict[str, Path]:
+    """The maps of one normalised cutout ``x``: ``{method: PNG path}``."""
+    from lensengine.plugins import _interpret_methods as M
+    from lensengine.plugins import _interpret_plots as P
+
+    log.info("%s: explaining object %d (%s)", model_name, oid, ", ".join(sorted(set(methods) & set(PER_CUTOUT))))
+    title = f"{model_name}  object {oid}  P(lens) = {p_lens:.4f}"
+    done: dict[str, Path] = {}
+    stem = out / str(oid)
+    if "occlusion" in methods:
+        patch, stride = (M.OCCLUSION_DEFAULTS if opts.grid == "paper" else QUICK_OCCLUSION)[net.family]
+        patch, stride = opts.patch or patch, opts.stride or stride
+        grid = M.occlusion_map(net, x, patch=patch, stride=stride, batch_size=opts.batch_size, score=opts.score)
+        pixel = M.expand_grid(grid, x.shape[-1], patch, stride)
+        np.savez(f"{stem}_occlusion.npz", grid=grid, pixel_map=pixel, patch=patch, stride=stride,
+                 score=opts.score, p_lens=p_lens)
+        label = "ΔP(lens)" if opts.score == "p" else "Δ logit"
+        done["occlusion"] = P.plot_occlusion(x, pixel, spec.bands, f"{stem}_occlusion.png", title=title,
+                                             label=label)
+    if "gradcam" in methods:
+        res = M.guided_gradcam(net, x, target=opts.target)
+        np.savez(f"{stem}_gradcam.npz", **res)
+        done["gradcam"] = P.plot_gradcam(x, res, spec.bands, f"{stem}_gradcam.png", threshold=opts.threshold,
+                                         title=title)
+    if "deepdream" in methods:
+        img, hist = M.deep_dream(net, x, target=opts.target, recipe=opts.recipe, steps=opts.steps)
+        np.save(f"{stem}_deepdream.npy", img)
+        done["deepdream"] = P.plot_generated(img, spec.bands, f"{stem}_deepdream.png", history=hist,
+                                             title=f"{title}\nDeep Dream ({opts.recipe} recipe), "
+                                                   f"target {'lens' if opts.target else 'non-lens'}")
+    if "kav" in methods:
+        kav = M.kernel_activations(net, x)
+        np.savez(f"{stem}_kav.npz", **{f"layer_{k}": v[0] for k, v in kav.items()})
+        done["kav"] = _plot_kav_profile(kav, f"{stem}_kav.png", title)
+    return done
 
 
 def _plot_kav_profile(kav: dict[int, np.ndarray], path, title: str) -> Path:

@@ -49,7 +49,8 @@ def score_store(store_path, entries, *, name: str = "", ensemble: str | None = N
 
     ``ensemble`` is the path of a fitted OU-T-SNE (its ``P_ENSEMBLE`` becomes
     the ``OU-T-SNE`` column) or None (no ensemble column).  ``progress`` is an
-    optional callable taking the number of cutouts just scored.
+    optional callable taking the number of cutouts just scored; it is called
+    once per sub-batch of ``batch_size`` cutouts, so a bar moves within a chunk.
     """
     from lensengine.catalogs.catalog import ENSEMBLE_COLUMN, score_column
     from lensengine.catalogs.store import SurveyStore
@@ -60,7 +61,8 @@ def score_store(store_path, entries, *, name: str = "", ensemble: str | None = N
     if ensemble is not None:
         wanted[TSNE_NAME] = ENSEMBLE_COLUMN
     ids, truth, scores = [], {t: [] for t in truth_names}, {k: [] for k in wanted}
-    for rows in score_chunks(store_path, entries, ensemble, device=device, batch_size=batch_size):
+    for rows in score_chunks(store_path, entries, ensemble, device=device, batch_size=batch_size,
+                             rows_per_task=batch_size if progress is not None else None):
         ids.append(rows["OBJECT_ID"])
         for key, column in wanted.items():
             scores[key].append(rows[column])

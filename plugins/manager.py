@@ -24,6 +24,7 @@ BUILTIN_PLUGINS = (
     "lensengine.plugins.interpret",
     "lensengine.plugins.recall",
     "lensengine.plugins.reports",
+    "lensengine.plugins.gallery",
 )
 
 

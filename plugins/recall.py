@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from lensengine.engine.options import (AliasedOption, MissingExtra, json_option, model_names_option,
+                                       models_dir_option, require_modules)
 from lensengine.plugins import hookimpl
 
 log = logging.getLogger(__name__)
@@ -80,16 +82,15 @@ def _nan_to_none(obj):
 
 
 @click.command("recall-test")
-@click.option("--models", "models_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="ONNX model directory [default: the registered models].")
-@click.option("--model", "names", multiple=True, help="Only these models (repeatable).")
+@models_dir_option()
+@model_names_option()
 @click.option("--ensemble", "ensemble_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Fitted OU-T-SNE (.npz) [default: ou_tsne.npz beside the models, if present].")
-@click.option("--arcs", "arcs", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--arcs", "arcs", type=click.Path(exists=True, path_type=Path), default=None, metavar="STORE",
               help="Compound-arc store (else simulated).")
-@click.option("--rings", "rings", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--rings", "rings", type=click.Path(exists=True, path_type=Path), default=None, metavar="STORE",
               help="Double-ring store (else simulated).")
-@click.option("--singles", "singles", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--singles", "singles", type=click.Path(exists=True, path_type=Path), default=None, metavar="STORE",
               help="A single-lens store for the selection function (optional).")
 @click.option("-n", "n", type=click.IntRange(1), default=500, show_default=True,
               help="Cutouts per simulated set (the paper used 10 000).")
@@ -100,7 +101,8 @@ def _nan_to_none(obj):
 @click.option("--fits", "fits", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Single-band FITS image of a known compound lens (Table 7), e.g. "
                    "../shared/real/hst_sdssj0946/data.fits (repeatable).")
-@click.option("--store", "known_stores", multiple=True, type=click.Path(exists=True, path_type=Path),
+@click.option("--known", "--store", "known_stores", cls=AliasedOption, hidden_aliases=("--store",), multiple=True,
+              type=click.Path(exists=True, path_type=Path), metavar="STORE",
               help="A store of known compound lenses already ingested (repeatable).")
 @click.option("--pixel-scale", type=float, default=None, help="Pixel scale of --fits images [default: info.json].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -108,9 +110,9 @@ def _nan_to_none(obj):
 @click.option("--band", default="VIS", show_default=True, help="Band of the source magnitude in the selection function.")
 @click.option("--min-recall", type=click.FloatRange(0, 1), default=None,
               help="Regression gate: exit 1 when a model's recall on a compound set is below this.")
-@click.option("--json", "as_json", is_flag=True, help="Print the recall table as JSON.")
+@json_option(help="Print the recall table as JSON on stdout.")
 @click.pass_context
-def recall_test_cmd(ctx, models_dir, names, ensemble_path, arcs, rings, singles, n, seed, workdir, workers, fits,
+def recall_test_cmd(ctx, models_dir, model_names, ensemble_path, arcs, rings, singles, n, seed, workdir, workers, fits,
                     known_stores, pixel_scale, out_dir, band, min_recall, as_json):
     """Recall on compound lenses (paper Table 6), known compound lenses (Table 7) and the selection function.
 
@@ -127,8 +129,10 @@ def recall_test_cmd(ctx, models_dir, names, ensemble_path, arcs, rings, singles,
     from lensengine.plugins import _recall_tables as T
 
     quiet = bool((ctx.obj or {}).get("quiet")) or not sys.stderr.isatty()
+    if out_dir is not None:
+        require_modules(ctx, "matplotlib")  # the selection-function figures: say so before the scoring
     try:
-        entries = resolve_models(models_dir, list(names) or None)
+        entries = resolve_models(models_dir, list(model_names) or None)
     except ContractError as exc:
         raise click.UsageError(str(exc))
     try:  # the ensemble a run with these models would use: OU-T-SNE when fitted and all seven run
@@ -147,8 +151,9 @@ def recall_test_cmd(ctx, models_dir, names, ensemble_path, arcs, rings, singles,
             try:
                 sets[kind] = simulated_set(kind, n, seed, workdir, workers=workers, progress=not quiet)
             except ImportError as exc:
-                raise click.UsageError(f"simulating {kind} needs the training extra "
-                                       f"(pip install 'lensengine[training]'): {exc}; or pass --arcs/--rings")
+                raise MissingExtra(f"`{ctx.command_path}` simulates the {kind} set with the training extra "
+                                   f"(missing module {exc.name}): pip install \"lensengine[training]\", "
+                                   "or pass --arcs/--rings stores") from None
     scored = {}
     for kind, path in sets.items():
         try:

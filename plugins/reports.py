@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from lensengine.engine.options import echo_json, json_option
 from lensengine.plugins import hookimpl
 
 log = logging.getLogger(__name__)
@@ -34,29 +35,45 @@ def registered_reports() -> dict:
 
 
 @click.command("report")
-@click.argument("scores", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("scores", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--scores", "scores_opt", type=click.Path(exists=True, path_type=Path), default=None,
+              metavar="TABLE", help="Parquet score table written by `lensengine run` (or give it as the argument).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder the reports write into.")
 @click.option("--name", "names", multiple=True, help="Run only this report (repeatable) [default: all].")
-def report_cmd(scores: Path, out_dir: Path, names: tuple[str, ...]) -> None:
+@json_option(help="Print the files each report wrote as JSON on stdout.")
+def report_cmd(scores: Path | None, scores_opt: Path | None, out_dir: Path, names: tuple[str, ...],
+               as_json: bool) -> None:
     """Run the reports that plugins register (``register_reports``) on a score table.
 
     \b
     Example:
-      lensengine report cands_scores.parquet --out reports/
+      lensengine report --scores cands_scores.parquet --out reports/
     """
+    if scores is not None and scores_opt is not None and scores != scores_opt:
+        raise click.UsageError(f"two score tables given ({scores} and --scores {scores_opt}): give one")
+    scores = scores or scores_opt
+    if scores is None:
+        raise click.UsageError("give the score table: --scores TABLE (or TABLE as the argument)")
     reports = registered_reports()
     unknown = [n for n in names if n not in reports]
     if unknown:
         raise click.UsageError(f"unknown report(s) {unknown}; registered: {sorted(reports) or 'none'}")
     chosen = list(names) or sorted(reports)
     if not chosen:
-        click.echo("no plugin registers a report (the register_reports hook)")
+        if as_json:
+            echo_json({})
+        else:
+            click.echo("no plugin registers a report (the register_reports hook)")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
+    done = {}
     for name in chosen:
-        written = reports[name](scores, out_dir) or []
-        click.echo(f"{name}: " + (", ".join(str(p) for p in written) or "wrote nothing"))
+        done[name] = [str(p) for p in reports[name](scores, out_dir) or []]
+        if not as_json:
+            click.echo(f"{name}: " + (", ".join(done[name]) or "wrote nothing"))
+    if as_json:
+        echo_json(done)
 
 
 @hookimpl

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from lensengine.engine.options import echo_json, json_option, needs_extra, require_modules
 from lensengine.plugins import hookimpl
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ def read_score_matrix(path: Path, extra: tuple[str, ...] = (), require: tuple[st
     columns found (NumPy arrays) and the (n,) mask of rows whose seven scores are all finite.
     Raises ``click.UsageError`` naming the missing columns.
     """
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
+
+    from lensengine.catalogs.catalog import score_table_files, score_table_schema
 
     try:
-        schema = pq.read_schema(path)
+        schema = score_table_schema(path)  # a Parquet file, or the dataset folder `lensengine run` writes
     except (OSError, ValueError) as exc:
         raise click.UsageError(f"cannot read {path} as Parquet: {exc}")
     cols = score_columns()
@@ -49,7 +52,8 @@ def read_score_matrix(path: Path, extra: tuple[str, ...] = (), require: tuple[st
     if missing:
         raise click.UsageError(f"{path} lacks column(s) {', '.join(missing)}; found {', '.join(schema.names)}")
     present = [c for c in extra if c in schema.names and c not in cols]
-    table = pq.read_table(path, columns=cols + present)
+    table = ds.dataset([str(f) for f in score_table_files(path)], schema=schema,
+                       format="parquet").to_table(columns=cols + present)
     P = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in cols]) \
         if table.num_rows else np.empty((0, len(cols)))
     other = {c: table.column(c).to_numpy(zero_copy_only=False) for c in present}
@@ -81,7 +85,7 @@ def tsne_group() -> None:
 
 
 @tsne_group.command("fit")
-@click.option("--scores", "scores_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--scores", "scores_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="Parquet score table of the labelled training set (P_OU_* columns and TRUTH_LABEL).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Model file to write (.npz).")
@@ -96,15 +100,19 @@ def tsne_group() -> None:
 @click.option("--jobs", default=1, show_default=True, type=int, help="Threads for openTSNE.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the embedding/grid figure (PNG).")
+@json_option(help="Print the fit (objects, defined cells, seconds, files) as JSON on stdout.")
 @click.pass_context
 def fit_cmd(ctx: click.Context, scores_path: Path, out_path: Path, grid_size: int, perplexity: float,
-            smoothing: float, prior_weight: float, seed: int, jobs: int, plot_path: Path | None) -> None:
+            smoothing: float, prior_weight: float, seed: int, jobs: int, plot_path: Path | None,
+            as_json: bool) -> None:
     """Fit OU-T-SNE on a labelled score table and save it.
 
     Example: lensengine tsne fit --scores train_scores.parquet --out ou_tsne.npz --plot ou_tsne.png
     """
     from lensengine.engine.ou_tsne import OUTSNE
 
+    if plot_path is not None:
+        require_modules(ctx, "matplotlib")  # before the fit, not after it
     P, other, finite = read_score_matrix(scores_path, (LABEL_COLUMN,), require=(LABEL_COLUMN,))
     y = np.asarray(other[LABEL_COLUMN])
     n_bad = int((~finite).sum())
@@ -127,33 +135,40 @@ def fit_cmd(ctx: click.Context, scores_path: Path, out_path: Path, grid_size: in
 
         with Console(stderr=True).status(f"fitting t-SNE on {len(P)} objects ({int(y.sum())} lenses)..."):
             model.fit(P, y.astype(np.int8))
+    seconds = time.perf_counter() - t0
     out = model.save(out_path)
-    click.echo(f"fitted {len(P)} objects in {time.perf_counter() - t0:.1f} s; "
+    written = [str(out)]
+    if plot_path is not None:
+        written.append(str(model.plot(plot_path, title=f"OU-T-SNE: {scores_path.name}")))
+    if as_json:
+        echo_json({"objects": len(P), "lenses": int(y.sum()), "cells_defined": int(model.defined_.sum()),
+                   "cells": grid_size * grid_size, "seconds": round(seconds, 3), "written": written})
+        return
+    click.echo(f"fitted {len(P)} objects in {seconds:.1f} s; "
                f"{int(model.defined_.sum())} of {grid_size * grid_size} cells hold training objects")
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     if plot_path is not None:
-        try:
-            click.echo(f"wrote {model.plot(plot_path, title=f'OU-T-SNE: {scores_path.name}')}")
-        except ImportError as exc:
-            raise click.UsageError(str(exc))
+        click.echo(f"wrote {written[-1]}")
 
 
 @tsne_group.command("plot")
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="PNG to write.")
-def plot_cmd(model_path: Path, out_path: Path) -> None:
+@json_option(help="Print the written file as JSON on stdout.")
+@needs_extra("matplotlib")
+def plot_cmd(model_path: Path, out_path: Path, as_json: bool) -> None:
     """Plot a fitted model: embedding coloured by label and the grid (cf. the paper's Fig. 9)."""
-    model = _load(model_path)
-    try:
-        click.echo(f"wrote {model.plot(out_path, title=f'OU-T-SNE: {model_path.name}')}")
-    except ImportError as exc:
-        raise click.UsageError(str(exc))
+    written = str(_load(model_path).plot(out_path, title=f"OU-T-SNE: {model_path.name}"))
+    if as_json:
+        echo_json({"written": [written]})
+    else:
+        click.echo(f"wrote {written}")
 
 
 @tsne_group.command("inspect")
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--scores", "scores_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--scores", "scores_path", required=True, type=click.Path(exists=True, path_type=Path),
               help="Parquet score table whose objects to place into the embedding.")
 @click.option("--region", required=True, help="Box in embedding coordinates: x0,x1,y0,y1.")
 @click.option("--exact", is_flag=True, help="Place objects with openTSNE's transform (slow) instead of the fast path.")
@@ -162,13 +177,17 @@ def plot_cmd(model_path: Path, out_path: Path) -> None:
               help="Also write all objects in the region to this CSV file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the model figure with the region outlined (PNG).")
-def inspect_cmd(model_path: Path, scores_path: Path, region: str, exact: bool, limit: int,
-                csv_path: Path | None, plot_path: Path | None) -> None:
+@json_option(help="Print the objects in the region (all of them, --limit aside) as JSON on stdout.")
+@click.pass_context
+def inspect_cmd(ctx: click.Context, model_path: Path, scores_path: Path, region: str, exact: bool, limit: int,
+                csv_path: Path | None, plot_path: Path | None, as_json: bool) -> None:
     """List the objects of a score table that land in a region of the embedding.
 
     Example: lensengine tsne inspect ou_tsne.npz --scores test_scores.parquet --region -10,0,5,15
     """
     x0, x1, y0, y1 = _parse_region(region)
+    if plot_path is not None:
+        require_modules(ctx, "matplotlib")
     model = _load(model_path).set_params(exact_transform=exact)
     P, other, finite = read_score_matrix(scores_path, _INSPECT_EXTRA)
     rows = np.flatnonzero(finite)
@@ -188,6 +207,23 @@ def inspect_cmd(model_path: Path, scores_path: Path, region: str, exact: bool, l
         vals += [r, f"{coords[i, 0]:.3f}", f"{coords[i, 1]:.3f}", f"{scores[i]:.4f}", bool(outside[i])]
         vals += [f"{v:.4f}" for v in P[r]]
         lines.append([str(v) for v in vals])
+    written = []
+    if csv_path is not None:
+        import csv
+
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(lines)
+        written.append(str(csv_path))
+    if plot_path is not None:
+        from lensengine.engine._tsne_plot import plot_model
+
+        written.append(str(plot_model(model, plot_path, highlight=(x0, x1, y0, y1))))
+    if as_json:
+        echo_json({"region": [x0, x1, y0, y1], "in_region": len(sel), "objects": len(rows),
+                   "rows": [dict(zip(header, line)) for line in lines], "written": written})
+        return
     click.echo(f"{len(sel)} of {len(rows)} objects in x [{x0}, {x1}], y [{y0}, {y1}]"
                + (f"; lens fraction {np.mean(other[LABEL_COLUMN][rows[sel]]):.3f}"
                   if LABEL_COLUMN in other and len(sel) else ""))
@@ -199,21 +235,8 @@ def inspect_cmd(model_path: Path, scores_path: Path, region: str, exact: bool, l
             click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths)))
         if len(shown) < len(lines):
             click.echo(f"... {len(lines) - len(shown)} more (--limit 0 for all, or --csv)")
-    if csv_path is not None:
-        import csv
-
-        with open(csv_path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(lines)
-        click.echo(f"wrote {csv_path}")
-    if plot_path is not None:
-        from lensengine.engine._tsne_plot import plot_model
-
-        try:
-            click.echo(f"wrote {plot_model(model, plot_path, highlight=(x0, x1, y0, y1))}")
-        except ImportError as exc:
-            raise click.UsageError(str(exc))
+    for path in written:
+        click.echo(f"wrote {path}")
 
 
 @hookimpl

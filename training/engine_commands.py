@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from lensengine.engine.options import echo_json, json_option, model_names_option, needs_extra
 from lensengine.engine.run_cli import run_cmd
 from lensengine.plugins import hookimpl
 
@@ -20,8 +21,10 @@ from lensengine.plugins import hookimpl
 @click.argument("weights_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the seven ONNX files (and the torch weights beside them).")
-@click.option("--model", "names", multiple=True, help="Only these models (repeatable); default all seven.")
-def import_published_cmd(weights_dir: Path, out_dir: Path, names: tuple[str, ...]) -> None:
+@model_names_option()
+@json_option(help="Print the written files as JSON on stdout.")
+@needs_extra("torch", "onnx")
+def import_published_cmd(weights_dir: Path, out_dir: Path, model_names: tuple[str, ...], as_json: bool) -> None:
     """Convert the paper's published state_dicts (OU_*_Weights.pt) to lensengine ONNX models.
 
     Example: lensengine models import-published ../shared/published-weights --out models/published
@@ -29,9 +32,12 @@ def import_published_cmd(weights_dir: Path, out_dir: Path, names: tuple[str, ...
     from lensengine.training.export import import_published
 
     try:
-        paths = import_published(weights_dir, out_dir, names or None)
+        paths = import_published(weights_dir, out_dir, model_names or None)
     except (FileNotFoundError, KeyError, RuntimeError) as exc:
         raise click.UsageError(str(exc))
+    if as_json:
+        echo_json({"written": [str(p) for p in paths]})
+        return
     for p in paths:
         click.echo(f"wrote {p}")
 
@@ -40,11 +46,17 @@ def import_published_cmd(weights_dir: Path, out_dir: Path, names: tuple[str, ...
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="ONNX file to write.")
-def export_cmd(checkpoint: Path, out_path: Path) -> None:
+@json_option(help="Print the written file as JSON on stdout.")
+@needs_extra("torch", "onnx")
+def export_cmd(checkpoint: Path, out_path: Path, as_json: bool) -> None:
     """Export a training checkpoint (from `lensengine train`) to a self-describing ONNX model."""
     from lensengine.training.checkpoint import export_checkpoint
 
-    click.echo(f"wrote {export_checkpoint(checkpoint, out_path)}")
+    written = export_checkpoint(checkpoint, out_path)
+    if as_json:
+        echo_json({"written": [str(written)]})
+        return
+    click.echo(f"wrote {written}")
 
 
 
@@ -53,8 +65,10 @@ def export_cmd(checkpoint: Path, out_path: Path) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("lensengine-demo"),
               show_default=True, help="Directory for the example store, the score table and the catalogue.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Local Dask workers.")
+@json_option(help="Print the run summary as JSON on stdout (as `lensengine run --json`).")
+@needs_extra("lenstronomy", "skypy", "speclite")
 @click.pass_context
-def demo_cmd(ctx, out_dir: Path, workers: int):
+def demo_cmd(ctx, out_dir: Path, workers: int, as_json: bool):
     """Make the bundled example survey store and run the whole job on it.
 
     Simulates a small Euclid-like store (lenses and non-lenses, about 200 cutouts;
@@ -66,11 +80,10 @@ def demo_cmd(ctx, out_dir: Path, workers: int):
 
     out_dir.mkdir(parents=True, exist_ok=True)
     store = example_store(out_dir / "example.zarr")
-    click.echo(f"example store: {store}")
-    ctx.invoke(run_cmd, store=Path(store), out=out_dir / "candidates.fits", scores=None, models_dir=None,
-               model_names=(), ensemble_path=None, threshold=0.5, scheduler=None, tls_ca_file=None, tls_cert=None,
-               tls_key=None, security_file=None, workers=workers, threads=0, dashboard=True, device="auto",
-               batch_size=32, precision="fp32", explain_top=0, explain_model=None, resume=False, restart=True)
+    click.echo(f"example store: {store}", err=as_json)
+    # every other run option keeps its default (ctx.invoke fills them in), as `lensengine run` would
+    ctx.invoke(run_cmd, store=Path(store), out=out_dir / "candidates.fits", workers=workers, restart=True,
+               as_json=as_json)
 
 
 @hookimpl

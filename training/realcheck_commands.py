@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from lensengine.engine.options import echo_json, json_option, needs_extra
+
 
 @click.command("realcheck")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -26,13 +28,15 @@ import click
 @click.option("--roles", type=click.Choice(["all", "check", "sim"]), default="all", show_default=True,
               help="Which real galaxies: all, only the half the simulator never uses (check), or the other half.")
 @click.option("--overwrite", is_flag=True, help="Replace existing stores.")
-def realcheck_cmd(out, seed, real_root, j0946_root, roles, overwrite):
+@json_option(help="Print the written files as JSON on stdout.")
+@needs_extra("lenstronomy")
+def realcheck_cmd(out, seed, real_root, j0946_root, roles, overwrite, as_json):
     """Degrade J0946 and the real galaxies (COSJ100020 included) to Euclid VIS + NISP with Euclid Wide noise.
 
     Writes OUT/j0946.zarr (one lens, label 1) and OUT/real_galaxies.zarr (non-lenses, label 0, truth
     'name' and 'role'), then score them against a simulated negative set, e.g.
 
-      lensengine evaluate --models models --lenses lenses.zarr --negatives sky=sky_neg.zarr
+      lensengine evaluate --lenses lenses.zarr --negatives sky=sky_neg.zarr
         --check j0946=OUT/j0946.zarr --check real=OUT/real_galaxies.zarr --out report/
 
     Method and assumptions (units, colours, PSF matching, noise): docs/realcheck.md.
@@ -49,5 +53,8 @@ def realcheck_cmd(out, seed, real_root, j0946_root, roles, overwrite):
                                 overwrite=overwrite)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc))
+    if as_json:
+        echo_json({**{k: str(v) for k, v in paths.items()}, "seconds": round(time.perf_counter() - t0, 3)})
+        return
     click.echo(f"wrote {paths['j0946']}, {paths['real']} and {paths['manifest']} "
                f"in {time.perf_counter() - t0:.0f} s")

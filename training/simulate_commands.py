@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from lensengine.engine.options import echo_json, json_option, needs_extra, require_modules
 from lensengine.plugins import hookimpl
 
 #: the same as lensengine.training.simulate.KINDS (a test checks), kept here so --help needs no numpy
@@ -26,7 +27,8 @@ KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings", "surv
                    "galaxy mix), hard-negatives (confusers only), training-mix (survey lenses + a negative mix).")
 @click.option("-n", "n", required=True, type=click.IntRange(min=1), help="Number of cutouts.")
 @click.option("--seed", required=True, type=int, help="Run seed; cutout i is reproducible from (seed, i) alone.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Store to create (STORE.zarr).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="STORE",
+              help="Store to create (STORE.zarr).")
 @click.option("--lens-fraction", default=0.72, show_default=True, type=click.FloatRange(0, 1),
               help="Fraction of lenses in --kind mixed and training-mix (the challenge's training set: ~0.72).")
 @click.option("--min-arc-snr", type=click.FloatRange(min=0), default=None,
@@ -41,9 +43,11 @@ KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings", "surv
 @click.option("--report", is_flag=True, help="Print a summary of the set and the throughput afterwards.")
 @click.option("--published-weights", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="With --report: also score the set with the paper's OU-66 and OU-200 (realism check).")
+@json_option(help="Print what was written (and the --report summary) as JSON on stdout.")
+@needs_extra("lenstronomy", "skypy", "speclite")
 @click.pass_context
 def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, min_arc_snr, source_colour, workers, chunk_size, overwrite,
-                 report, published_weights):
+                 report, published_weights, as_json):
     """Simulate Euclid-like cutouts (VIS 200×200 at 0.1″, NISP Y/J/H 66×66 at 0.3″, e-/s) with truth.
 
     Example: lensengine simulate --kind mixed -n 2000 --seed 1 --out train.zarr --report
@@ -51,10 +55,10 @@ def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, min_arc_snr, source_col
     quiet = bool((ctx.obj or {}).get("quiet"))
     if out.exists() and not overwrite:
         raise click.UsageError(f"{out} already exists (add --overwrite to replace it)")
-    try:
-        from lensengine.training.simulate import simulate_store
-    except ImportError as exc:
-        raise click.UsageError(f"simulating needs the training extra: pip install 'lensengine[training]' ({exc})")
+    if report and published_weights is not None:
+        require_modules(ctx, "torch")
+    from lensengine.training.simulate import simulate_store
+
     t0 = time.perf_counter()
     try:
         path = simulate_store(out, kind, n, seed, lens_fraction=lens_fraction, source_colour=source_colour,
@@ -63,7 +67,10 @@ def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, min_arc_snr, source_col
     except ValueError as exc:
         raise click.UsageError(str(exc))
     elapsed = time.perf_counter() - t0
-    click.echo(f"wrote {n} cutouts to {path} in {elapsed:.1f} s ({n / elapsed:.1f} systems/s, {workers} worker(s))")
+    result = {"store": str(path), "n": n, "seconds": round(elapsed, 3), "rate": n / elapsed, "workers": workers}
+    if not as_json:
+        click.echo(f"wrote {n} cutouts to {path} in {elapsed:.1f} s ({n / elapsed:.1f} systems/s, "
+                   f"{workers} worker(s))")
     if report:
         from lensengine.catalogs.store import SurveyStore
         from lensengine.training._sim_report import realism_table, score_published, summarise
@@ -71,14 +78,18 @@ def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, min_arc_snr, source_col
 
         store = SurveyStore.open(path)
         batch = store.read(TILE, 0, store.n_cutouts(TILE))
-        for line in summarise(batch):
-            click.echo(line)
+        result["report"] = list(summarise(batch))
         if published_weights is not None:
-            tables = realism_table(batch, score_published(batch, published_weights))
-            for name, rows in tables.items():
+            result["realism"] = realism_table(batch, score_published(batch, published_weights))
+        if not as_json:
+            for line in result["report"]:
+                click.echo(line)
+            for name, rows in result.get("realism", {}).items():
                 a = rows[0]
                 click.echo(f"{name:7s} AUROC {a['auroc']:.3f}  precision {a['precision']:.3f}  "
                            f"recall {a['recall']:.3f}  accuracy {a['accuracy']:.3f}")
+    if as_json:
+        echo_json(result)
 
 
 @hookimpl

@@ -280,7 +280,7 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
             n += len(y_np)
             batches += 1
             if progress is not None:
-                progress.update(task, advance=1, loss=loss_sum / max(weight_sum, 1e-12))
+                progress.update(task, advance=1, loss=f"loss {loss_sum / max(weight_sum, 1e-12):.4f}")
     seconds = time.perf_counter() - t0
     return {"loss": loss_sum / weight_sum if weight_sum else float("nan"),
             "acc": correct / n if n else float("nan"), "seconds": seconds,
@@ -338,12 +338,13 @@ def _write_log(path: Path, history: list) -> None:
 
 
 def _progress(enabled: bool):
+    """The epoch bar; its ``loss`` field is text, empty until a batch has given a running loss."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), console=console,
+                    TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=console,
                     disable=not (enabled and console.is_terminal), transient=True)
 
 
@@ -457,7 +458,7 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             # one seed per epoch from the shuffle generator; each batch derives its own from (seed, batch)
             aug_seed = int(torch.randint(0, 2**62, (1,), generator=gen)) if augmenter is not None else 0
             task = bar.add_task(f"{spec.name} epoch {epoch + 1}/{cfg.epochs}", total=len(order) // cfg.batch_size
-                                + bool(len(order) % cfg.batch_size), loss=float("nan"))
+                                + bool(len(order) % cfg.batch_size), loss="")
             tr = _run_epoch(net, train_set, order, cfg, device, precision, criterion, optimizer, scaler,
                             bar, task, augmenter=augmenter, aug_seed=aug_seed, anchor=anchor)
             if cfg.hard_negatives > 0:

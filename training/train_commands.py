@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from lensengine.engine.options import (device_option, echo_json, json_option, model_names_option, models_dir_option,
+                                       needs_extra, precision_option, require_modules, threads_option, tiles_option)
 from lensengine.plugins import hookimpl
 
 log = logging.getLogger(__name__)
@@ -19,27 +21,33 @@ def _quiet(ctx: click.Context) -> bool:
 
 
 @click.command("train")
-@click.option("--model", "model", default=None, help="Model to train (OU-J, OU-Y, OU-H, OU-JYH, OU-66, OU-VIS, OU-200).")
+@model_names_option(default_help="[no default: training is a long job, so name the models or give --all]",
+                    extra_help="Models: OU-J, OU-Y, OU-H, OU-JYH, OU-66, OU-VIS, OU-200; several train one "
+                               "after the other into OUT/<MODEL>/.")
 @click.option("--all", "all_models", is_flag=True, help="Train all seven models, each into OUT/<MODEL>/.")
-@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path), help="Training survey store (zarr).")
-@click.option("--val", type=click.Path(exists=True, path_type=Path), default=None,
+@tiles_option(help="Training survey store (zarr), e.g. train.zarr.", hidden_aliases=("--data",), exists=True)
+@click.option("--val", type=click.Path(exists=True, path_type=Path), default=None, metavar="STORE",
               help="Validation store; default: split --val-fraction off the training store (seeded).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (with --all: the parent of one directory per model).")
-@click.option("--epochs", type=int, default=250, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=250, show_default=True,
+              help="Epochs (the paper's 250 take tens of minutes per model on a CPU even for a few thousand "
+                   "cutouts; a few epochs are enough to try the pipeline).")
 @click.option("--batch-size", type=int, default=None, help="Default: 250 (OU-66 family), 125 (OU-200 family).")
 @click.option("--lr", type=float, default=3e-4, show_default=True, help="Adam learning rate.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the initialisation, the validation split and the batch order.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Fraction of --tiles held out for validation when --val is not given.")
+@device_option(extra_prefixes=("cuda:",), extra_help="train also takes cuda:N (GPU N).")
+@precision_option(extra=("fp16",), extra_help="Here auto is bf16 autocast on CUDA and on CPUs with "
+                                              "AMX/AVX512-BF16, else fp32; train also takes fp16 (CUDA).")
 @click.option("--max-train", type=int, default=None, help="Use at most N training cutouts.")
 @click.option("--max-val", type=int, default=None, help="Use at most N validation cutouts.")
 @click.option("--early-stop", type=int, default=None, help="Stop after PATIENCE epochs without a lower validation loss.")
 @click.option("--max-time", "max_time", type=float, default=None,
               help="Minutes per model for this invocation; stops cleanly between epochs (resume later).")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads.")
+@threads_option(help="torch intra-op threads (0: torch's default, from the cores).")
 @click.option("--cache", type=click.Choice(["auto", "prepared", "raw"]), default="auto", show_default=True,
               help="Hold preprocessed inputs (prepared) or native bands preprocessed per batch (raw); "
                    "auto: prepared when it fits --max-memory-gb.")
@@ -62,10 +70,12 @@ def _quiet(ctx: click.Context) -> bool:
                    "(0: plain fine-tuning; ignored without --init-from).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly.")
 @click.option("--no-export", is_flag=True, help="Do not export the best weights to ONNX at the end.")
+@json_option(help="Print each model's result (epochs, stop reason, best validation loss, files) as JSON.")
+@needs_extra("torch")
 @click.pass_context
-def train_cmd(ctx, model, all_models, data, val, out, epochs, batch_size, lr, seed, val_fraction, device, precision,
-              max_train, max_val, early_stop, max_time, threads, cache, max_memory_gb, loader_workers, init_from,
-              augment, hard_negatives, hard_boost, l2sp, resume, no_export):
+def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size, lr, seed, val_fraction, device,
+              precision, max_train, max_val, early_stop, max_time, threads, cache, max_memory_gb, loader_workers,
+              init_from, augment, hard_negatives, hard_boost, l2sp, resume, no_export, as_json):
     """Train a lens-finding CNN: the paper's recipe (Adam 3e-4, class-weighted cross-entropy) plus the sky recipe.
 
     The sky recipe: per-cutout flips/turns and raw-band jitter (--augment), hard-negative
@@ -74,48 +84,56 @@ def train_cmd(ctx, model, all_models, data, val, out, epochs, batch_size, lr, se
     Keeps the weights of the lowest validation loss, logs every epoch to OUT/log.csv,
     checkpoints every epoch (OUT/last.pt, resumable with --resume) and exports OUT/<MODEL>.onnx.
 
-    Example: lensengine train --model OU-66 --data train.zarr --val val.zarr --out runs/OU-66
+    Example: lensengine train --model OU-66 --tiles train.zarr --val val.zarr --out runs/OU-66
     """
-    try:
-        from lensengine.training.train import TrainConfig, train, train_all
-    except ImportError as exc:
-        raise click.UsageError(f"training needs torch: pip install 'lensengine[training]' ({exc})")
-    from lensengine.engine.specs import MODEL_SPECS
+    from lensengine.engine.specs import MODEL_NAMES, MODEL_SPECS
+    from lensengine.training.train import TrainConfig, train, train_all
 
-    if all_models == (model is not None):
-        raise click.UsageError("give exactly one of --model NAME or --all")
-    if model is not None and model not in MODEL_SPECS:
-        raise click.UsageError(f"unknown model {model!r}; known models: {', '.join(MODEL_SPECS)}")
-    if batch_size is not None and all_models:
-        log.warning("--batch-size %d applies to both families under --all", batch_size)
-    cfg = TrainConfig(model=model or "OU-66", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    if all_models == bool(model_names):
+        raise click.UsageError("give --model NAME (repeatable) or --all, not both and not neither")
+    unknown = [m for m in model_names if m not in MODEL_SPECS]
+    if unknown:
+        raise click.UsageError(f"unknown model(s) {', '.join(map(repr, unknown))}; known models: "
+                               f"{', '.join(MODEL_SPECS)}")
+    chosen = tuple(MODEL_NAMES) if all_models else tuple(dict.fromkeys(model_names))
+    if batch_size is not None and len(chosen) > 1:
+        log.warning("--batch-size %d applies to every model trained here", batch_size)
+    data = store
+    cfg = TrainConfig(model=chosen[0], epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       val_fraction=val_fraction, max_train=max_train, max_val=max_val, early_stop=early_stop,
-                      max_time_min=max_time, precision=precision, device=device, num_threads=threads,
+                      max_time_min=max_time, precision=precision, device=device, num_threads=threads or None,
                       cache=cache, max_memory_gb=max_memory_gb, init_from=str(init_from or ""), augment=augment,
                       hard_negatives=hard_negatives, hard_negative_boost=hard_boost, l2sp=l2sp,
                       loader_workers=loader_workers)
     progress = not _quiet(ctx)
     try:
-        if all_models:
-            results = train_all(cfg, data, out, val=val, resume=resume, export=not no_export, progress=progress)
+        if len(chosen) > 1:
+            results = train_all(cfg, data, out, models=chosen, val=val, resume=resume, export=not no_export,
+                                progress=progress)
         else:
-            results = {model: train(cfg, data, out, val=val, resume=resume, export=not no_export,
-                                    progress=progress)}
+            results = {chosen[0]: train(cfg, data, out, val=val, resume=resume, export=not no_export,
+                                        progress=progress)}
     except (FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:
         raise click.UsageError(str(exc))
+    if as_json:
+        echo_json({name: {"epochs_run": r.epochs_run, "stop_reason": r.stop_reason, "best_val_loss": r.best_val_loss,
+                          "best_epoch": r.best_epoch, "onnx": r.onnx, "best_checkpoint": r.best_checkpoint}
+                   for name, r in results.items()})
+        return
     for name, r in results.items():
         click.echo(f"{name}: {r.epochs_run} epochs ({r.stop_reason}); best validation loss {r.best_val_loss:.5f} "
                    f"at epoch {r.best_epoch}; {r.onnx or r.best_checkpoint}")
 
 
 @click.command("evaluate")
-@click.option("--models", "models", multiple=True, required=True,
-              help="Directory of ONNX models (repeatable; later ones as LABEL=DIR prefix names LABEL:MODEL).")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+@models_dir_option(multiple=True, extra_help="Repeat it to compare sets: later ones as LABEL=DIR name "
+                                              "their models LABEL:MODEL.")
+@model_names_option()
+@tiles_option(required=False, hidden_aliases=("--data",), exists=True,
               help="Labelled (mixed) test store (zarr): the threshold-0.5 table, its lenses and, as negative "
                    "set 'data', its non-lenses.")
-@click.option("--lenses", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Store whose label-1 cutouts are the lenses of the operating points (default: those of --data).")
+@click.option("--lenses", type=click.Path(exists=True, path_type=Path), default=None, metavar="STORE",
+              help="Store whose label-1 cutouts are the lenses of the operating points (default: those of --tiles).")
 @click.option("--negatives", "negatives", multiple=True, metavar="LABEL=STORE",
               help="Negative set (its label-0 cutouts), repeatable, e.g. sky=sky_neg.zarr hard=hard_neg.zarr; "
                    "the first one gives the top-level tpr_fpr* figures.")
@@ -133,34 +151,40 @@ def train_cmd(ctx, model, all_models, data, val, out, epochs, batch_size, lr, se
               help="A TPR at FPR f needs at least MIN_FP/f negatives (else null with a reason).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (report.json, report.md, roc.png).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print {model: {n, auroc, f1, ..., tpr_fpr1, tpr_fpr01, tpr_fpr001, purity_1e3, ci, ...}} as JSON.")
+@json_option(help="Print {model: {n, auroc, f1, ..., tpr_fpr1, tpr_fpr01, tpr_fpr001, purity_1e3, ci, ...}} "
+                  "as JSON.")
 @click.pass_context
-def evaluate_cmd(ctx, models, data, lenses, negatives, checks, prevalence, purity_fpr, bootstrap, seed, min_fp, out,
-                 as_json):
+def evaluate_cmd(ctx, models_dir, model_names, store, lenses, negatives, checks, prevalence, purity_fpr, bootstrap,
+                 seed, min_fp, out, as_json):
     """Threshold-0.5 metrics, AUROC, TPR0/TPR10, recall by truth, and operating points with bootstrap intervals.
 
     Operating points: TPR at FPR 1 %, 0.1 %, 0.01 % (null when the negatives are too few) and purity at
     --prevalence, per negative set.
 
+    \b
     Examples:
-      lensengine evaluate --models runs/models --models published=models/published --data test.zarr --out report/
+      lensengine evaluate --tiles test.zarr --out report/            (the shipped models)
+      lensengine evaluate --models runs/models --models published=models/published --tiles test.zarr
       lensengine evaluate --models models --lenses lenses.zarr --negatives sky=sky_neg.zarr
         --negatives hard=hard_neg.zarr --check j0946=rc/j0946.zarr --check real=rc/real_galaxies.zarr --json
     """
-    from lensengine.engine.models import ContractError
-    from lensengine.training.evaluate import evaluate, parse_labelled_stores, summary_json
+    from lensengine.engine.models import ContractError, default_models_dir
+    from lensengine.training.evaluate import evaluate, parse_labelled_stores, parse_model_dirs, summary_json
     from lensengine.training.metrics import purity_key
 
+    data = store
     if data is None and (lenses is None or not negatives):
-        raise click.UsageError("give --data STORE, or --lenses STORE with at least one --negatives LABEL=STORE")
+        raise click.UsageError("give --tiles STORE, or --lenses STORE with at least one --negatives LABEL=STORE")
+    if out is not None:
+        require_modules(ctx, "matplotlib")  # roc.png: say so before the scoring, not after it
     try:
+        models = _model_sources(parse_model_dirs(list(models_dir) or [str(default_models_dir())]), model_names)
         neg = parse_labelled_stores(negatives, "--negatives")
         chk = parse_labelled_stores(checks, "--check")
         for label, path in {**neg, **chk}.items():
             if not path.exists():
                 raise FileNotFoundError(f"store {path} (label {label!r}) does not exist")
-        report = evaluate(list(models), data, out, negatives=neg, lenses=lenses, checks=chk, prevalence=prevalence,
+        report = evaluate(models, data, out, negatives=neg, lenses=lenses, checks=chk, prevalence=prevalence,
                           purity_fpr=purity_fpr, bootstrap=bootstrap, seed=seed, min_false_positives=min_fp)
     except (ContractError, ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc))
@@ -181,6 +205,19 @@ def evaluate_cmd(ctx, models, data, lenses, negatives, checks, prevalence, purit
                    f"(purity at prevalence {prevalence:g}); per set and intervals in --json / the report")
     if out is not None:
         click.echo(f"wrote {out / 'report.md'}, {out / 'report.json'}")
+
+
+def _model_sources(sources, names: tuple[str, ...]):
+    """Keep only the models named by ``--model`` in each ``--models`` set (all when none is named)."""
+    if not names:
+        return sources
+    found = {e.name for s in sources for e in s.entries}
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise ValueError(f"--model {', '.join(unknown)}: not among the models given ({', '.join(sorted(found))})")
+    for source in sources:
+        source.entries = [e for e in source.entries if e.name in names]
+    return [s for s in sources if s.entries]
 
 
 @hookimpl

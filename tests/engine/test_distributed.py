@@ -119,12 +119,12 @@ def test_a_killed_worker_loses_nothing(cluster, tmp_path, tiny_models):
                              "--threshold", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parts = tmp_path / "c.fits.parts"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
+    while time.time() < deadline and len(list(parts.rglob("part-*.parquet"))) < 2:
         time.sleep(0.05)
     victim = cluster.workers[0]
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
-    done_at_kill = len(list(parts.glob("*.parquet")))
+    done_at_kill = len(list(parts.rglob("part-*.parquet")))
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     assert done_at_kill < 12, "the worker died after the run had finished: nothing was tested"

@@ -112,11 +112,11 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_models):
                             start_new_session=True)
     parts = tmp_path / "part.fits.parts"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
+    while time.time() < deadline and len(list(parts.rglob("part-*.parquet"))) < 2:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the client and its local cluster, mid-run
     proc.wait()
-    done = len(list(parts.glob("*.parquet")))
+    done = len(list(parts.rglob("part-*.parquet")))
     assert 2 <= done < 8, f"kill landed after {done} of 8 chunks"
     assert not part.exists()
 

@@ -65,7 +65,7 @@ def _parts_after_failed_merge(cli_run, store: Path, out: Path, monkeypatch) -> P
         result = cli_run(store, out)
     assert result.exit_code == 1, result.output
     parts = out.with_name(out.name + ".parts")
-    assert len(list(parts.glob("*.parquet"))) == 4
+    assert len(list(parts.rglob("part-*.parquet"))) == 4
     return parts
 
 
@@ -154,7 +154,7 @@ def test_fault_04_resume_refuses_a_store_whose_content_changed(tmp_path, cli_run
     result = cli_run(store, out, "--resume")
     assert result.exit_code == 2, result.output
     assert "cannot resume" in result.output and "content changed" in result.output
-    assert not out.exists() and len(list(parts.glob("*.parquet"))) == 4  # nothing deleted by the refusal
+    assert not out.exists() and len(list(parts.rglob("part-*.parquet"))) == 4  # nothing deleted by the refusal
 
 
 # --- #5 ---------------------------------------------------------------------------------------
@@ -164,10 +164,11 @@ def test_fault_05_a_part_copied_onto_another_chunk_is_redone(tmp_path, cli_run, 
     store = tiny_store(tmp_path / "s.zarr")
     out = tmp_path / "c.fits"
     parts = _parts_after_failed_merge(cli_run, store, out, monkeypatch)
-    (parts / "A__000001.parquet").write_bytes((parts / "A__000000.parquet").read_bytes())
+    tile_a = parts / "scores" / "tile=A"
+    (tile_a / "part-000000000016.parquet").write_bytes((tile_a / "part-000000000000.parquet").read_bytes())
     result = cli_run(store, out, "--resume")
     assert result.exit_code == 0, result.output
-    assert "redid 1 chunk" in result.output
+    assert "redid 1 task" in result.output
     _assert_every_row_once(_scores(tmp_path / "c_scores.parquet"))
 
 
@@ -178,10 +179,10 @@ def test_fault_06_a_garbage_part_is_redone(tmp_path, cli_run, monkeypatch):
     store = tiny_store(tmp_path / "s.zarr")
     out = tmp_path / "c.fits"
     parts = _parts_after_failed_merge(cli_run, store, out, monkeypatch)
-    (parts / "B__000000.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    (parts / "scores" / "tile=B" / "part-000000000000.parquet").write_bytes(b"PAR1 this is not a parquet file")
     result = cli_run(store, out, "--resume")
     assert result.exit_code == 0, result.output
-    assert "redid 1 chunk" in result.output
+    assert "redid 1 task" in result.output
     _assert_every_row_once(_scores(tmp_path / "c_scores.parquet"))
     assert not parts.exists()
 
@@ -197,7 +198,7 @@ def test_fault_07_rerun_without_resume_refuses_and_foreign_folders_survive(tmp_p
     result = cli_run(store, out)
     assert result.exit_code == 2, result.output
     assert "--resume" in result.output and "--restart" in result.output
-    assert len(list(parts.glob("*.parquet"))) == 4
+    assert len(list(parts.rglob("part-*.parquet"))) == 4
     result = cli_run(store, out, "--restart")
     assert result.exit_code == 0, result.output
     assert not parts.exists()
@@ -259,11 +260,16 @@ def test_fault_14_non_ascii_tile_and_control_characters_in_arguments(tmp_path, c
     assert cat.meta["STORE"][0] == fits_text(str(store.resolve())) and "\\t" in cat.meta["STORE"][0]
     scores = _scores(tmp_path / "c_scores.parquet")
     assert sorted(set(scores["TILE"])) == ["A", "Bä"]  # the score table keeps the real name
-    meta = pq.read_schema(tmp_path / "c_scores.parquet").metadata
+    meta = pq.read_schema(tmp_path / "c_scores.parquet" / "_common_metadata").metadata
     assert meta[b"STORE"].decode() == str(store.resolve())
 
 
 # --- #15 --------------------------------------------------------------------------------------
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder (a score table), by relative path: what "untouched" compares."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
 
 def _hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
@@ -277,7 +283,7 @@ def test_fault_15_outputs_are_committed_as_a_pair(tmp_path, cli_run, monkeypatch
     store = tiny_store(tmp_path / "s.zarr")
     out, scores = tmp_path / "c.fits", tmp_path / "c_scores.parquet"
     assert cli_run(store, out, "--threshold", "0").exit_code == 0
-    before = (out.read_bytes(), scores.read_bytes())
+    before = (out.read_bytes(), _folder_bytes(scores))
 
     def disk_full(table, path):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -287,7 +293,7 @@ def test_fault_15_outputs_are_committed_as_a_pair(tmp_path, cli_run, monkeypatch
         result = cli_run(store, out, "--threshold", "0.9", "--restart")
     assert result.exit_code == 1, result.output
     assert "No space left on device" in result.output
-    assert (out.read_bytes(), scores.read_bytes()) == before  # the old pair, untouched
+    assert (out.read_bytes(), _folder_bytes(scores)) == before  # the old pair, untouched
     assert not [n for n in _hidden(tmp_path) if ".tmp-" in n]
 
     # a process killed while writing leaves temporaries: the next start removes them
@@ -313,7 +319,7 @@ def test_fault_15_outputs_are_committed_as_a_pair(tmp_path, cli_run, monkeypatch
     assert result.exit_code == 0, result.output
     assert "completed the outputs of a run that was interrupted" in caplog.text
     assert fits.getheader(out, 1)["THRESH"] == 0.9
-    assert pq.read_schema(scores).metadata[b"THRESH"] == b"0.9"
+    assert pq.read_schema(scores / "_common_metadata").metadata[b"THRESH"] == b"0.9"
     assert _hidden(tmp_path) == []
 
 
@@ -327,7 +333,7 @@ def test_fault_16_ctrl_c_exits_130_cleanly_with_a_resume_hint(tmp_path, cli_run,
     proc = popen(lensengine_cmd("-q", "run", "--tiles", str(store), "--models", str(tiny_model_dir), "--out",
                                 str(out), "--workers", "1", "--batch-size", "1"))
     try:
-        _wait_while_running(proc, lambda: bool(list(parts.glob("*.parquet"))))
+        _wait_while_running(proc, lambda: bool(list(parts.rglob("part-*.parquet"))))
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -336,7 +342,7 @@ def test_fault_16_ctrl_c_exits_130_cleanly_with_a_resume_hint(tmp_path, cli_run,
     assert proc.returncode == 130, stderr
     assert "interrupted — resume with --resume" in stderr
     assert "leaked" not in stderr and "Traceback" not in stderr, stderr
-    done = len(list(parts.glob("*.parquet")))
+    done = len(list(parts.rglob("part-*.parquet")))
     assert 1 <= done < 8 and not out.exists()
     assert not list(parts.glob("scratch-*"))  # the local cluster's scratch space went with it
     result = cli_run(store, out, "--resume", "--batch-size", "1")
@@ -353,10 +359,10 @@ def test_fault_17_a_failure_after_work_started_exits_1_naming_it(tmp_path, cli_r
 
     store = tiny_store(tmp_path / "s.zarr")
 
-    def refuse(self, batch):
+    def refuse(*args, **kwargs):
         raise ValueError("the table refused a batch")
 
-    monkeypatch.setattr(catalog.ScoreTableWriter, "write", refuse)
+    monkeypatch.setattr(catalog, "candidate_table", refuse)  # the merge builds the catalogue with it
     result = cli_run(store, tmp_path / "c.fits")
     assert result.exit_code == 1, result.output
     assert "merging the parts" in result.output and "the table refused a batch" in result.output
@@ -434,7 +440,8 @@ def test_fault_20_score_table_has_the_provenance_and_every_file_is_hashed(tmp_pa
     out = tmp_path / "c.fits"
     assert cli_run(store, out, "--threshold", "0").exit_code == 0
     header = fits.getheader(out, 1)
-    meta = {k.decode(): v.decode() for k, v in pq.read_schema(tmp_path / "c_scores.parquet").metadata.items()}
+    common = tmp_path / "c_scores.parquet" / "_common_metadata"
+    meta = {k.decode(): v.decode() for k, v in pq.read_schema(common).metadata.items()}
     for key in ("SOFTWARE", "STORE", "CMDLINE", "MODEL1", "SHA1", "NMODELS", "THRESH", "ENSEMBLE", "PRECISN",
                 "RUNID", "NCUTOUT", "NSCORED", "NFLAGGED", "NUNREAD", "NCAND", "DATE-RUN"):
         assert key in meta, key
@@ -458,15 +465,17 @@ def test_fault_20_score_table_has_the_provenance_and_every_file_is_hashed(tmp_pa
     ensemble_file.write_bytes(b"ensemble stand-in")
     opts = RunOptions(store=store, out=out, scores=tmp_path / "x.parquet", models=resolve_models(models),
                       precision="bf16")
-    _, tasks, _ = plan_run(opts)
-    plan = _fingerprint(opts, SurveyStore.open(store), tasks, SimpleNamespace(name="OU-T-SNE", path=ensemble_file))
+    plan = plan_run(opts)
+    plan.store, plan.ensemble = SurveyStore.open(store), SimpleNamespace(name="OU-T-SNE", path=ensemble_file)
+    _fingerprint(opts, plan)
+    run_id = plan.run_id
     sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert plan.provenance_hashes["PTSHA1"][0] == sha(models / "OU_J.pt")
     assert plan.provenance_hashes["ENSSHA"][0] == sha(ensemble_file)
     assert plan.manifest["models"]["OU-J"] == {"onnx": sha(models / "OU_J.onnx"), "pt": sha(models / "OU_J.pt")}
     (models / "OU_J.pt").write_bytes(b"other weights")
-    again = _fingerprint(opts, SurveyStore.open(store), tasks, SimpleNamespace(name="OU-T-SNE", path=ensemble_file))
-    assert again.run_id != plan.run_id  # changed weights: a resume is refused
+    _fingerprint(opts, plan)
+    assert plan.run_id != run_id  # changed weights: a resume is refused
 
 
 # --- #21 --------------------------------------------------------------------------------------

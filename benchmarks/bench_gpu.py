@@ -1,0 +1,363 @@
+"""GPU benchmark in one call (issue 13, item 5): per model and end to end, time-boxed, JSON out.
+
+    python benchmarks/bench_gpu.py                      # on a CUDA machine: builds its own store, ~7 min at most
+    python benchmarks/bench_gpu.py --tiles survey.zarr  # measure on an existing store instead
+    python benchmarks/bench_gpu.py --dry-run            # the same code path on the CPU, tiny sizes (the test)
+
+What it measures, in this order, each section inside the time box (what does
+not fit is recorded as skipped, never silently dropped):
+
+1. the machine: GPU, driver-visible providers, versions;
+2. the zarr read rate of the store (GB/s of pixels, every chunk read once);
+3. per model, ONNX Runtime on the CUDA execution provider, then on the
+   TensorRT one (when its libraries load; engines cached in a temporary
+   folder), each with a batch sweep: img/s per batch size and max |ΔP|
+   against ONNX Runtime fp32 on the CPU on a fixed set of cutouts;
+4. per model, torch on CUDA in bf16 autocast, channels-last (eager; with
+   ``--compile`` also ``torch.compile``), the same sweep and |ΔP|;
+5. end to end: ``lensengine run`` (the real engine: Dask, store reads,
+   preprocessing, catalogue) on the store with ``--device cuda`` and the best
+   batch size of step 3, for one and for ``--workers`` workers; the ratio to
+   the model-only bound of the full ensemble (step 3's best rates), and
+   the goal (20 000 cutouts/s for the full ensemble on one H200).
+
+It needs no network: the store is generated here (survey-like noise with a
+source; throughput does not depend on content) unless ``--tiles`` names one.
+With ``--dry-run`` everything runs on the CPU (CPU provider standing in for
+CUDA, torch on the CPU) with a few dozen cutouts, so a CPU-only CI proves the
+script runs before anyone spends GPU time on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).with_name("results_gpu.json")
+GOAL_CUTOUTS_PER_S = 20_000
+
+
+class TimeBox:
+    """The wall-clock budget of the whole call; each section asks what is left before it starts work."""
+
+    def __init__(self, seconds: float):
+        self.t0, self.seconds = time.perf_counter(), seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.t0)
+
+    def over(self, reserve: float = 0.0) -> bool:
+        return self.left() <= reserve
+
+
+def make_store(path: Path, n: int, chunk: int, seed: int = 0) -> Path:
+    """``n`` survey-like noise cutouts with a bright source, written quickly (one noise block reused per chunk)."""
+    from lensengine.catalogs.store import CutoutBatch, SurveyStore
+
+    rng = np.random.default_rng(seed)
+    store = SurveyStore.create(path, survey="bench-gpu", chunk_size=chunk, overwrite=True)
+    vis0 = rng.gamma(2.0, 3.0, (chunk, 200, 200)).astype(np.float32)
+    nisp0 = rng.gamma(2.0, 40.0, (chunk, 3, 66, 66)).astype(np.float32)
+    vis0[:, 95:105, 95:105] += 200
+    nisp0[:, :, 31:35, 31:35] += 2000
+    for lo in range(0, n, chunk):
+        k = min(chunk, n - lo)
+        shift = lo // chunk % chunk  # cheap variety between chunks without new random draws
+        vis, nisp = np.roll(vis0[:k], shift, axis=0), np.roll(nisp0[:k], shift, axis=0)
+        store.append("T0", CutoutBatch(object_id=np.arange(lo, lo + k), ra=np.full(k, 150.0) + lo * 1e-5,
+                                       dec=np.full(k, 2.0), vis=vis, nisp=nisp, flags=np.zeros(k, np.uint32)))
+    return path
+
+
+def machine(dry_run: bool) -> dict:
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "dry_run": dry_run}
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime"] = ort.__version__
+        info["ort_providers"] = ort.get_available_providers()
+    except ImportError:
+        info["onnxruntime"] = None
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.is_available()
+        if info["cuda"]:
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+    except ImportError:
+        info["torch"] = None
+    from lensengine.engine.sessions import gpu_available
+
+    info["gpu_available"] = gpu_available()
+    return info
+
+
+def read_rate(store_path: Path, box: TimeBox, limit_s: float) -> dict:
+    """Pixels read per second from the store (every chunk once, in order, until the section's time is up)."""
+    from lensengine.catalogs.store import SurveyStore
+
+    store = SurveyStore.open(store_path)
+    nbytes, n, t0 = 0, 0, time.perf_counter()
+    for tile in store.tiles:
+        for index in range(len(store.chunk_slices(tile))):
+            if time.perf_counter() - t0 > limit_s or box.over():
+                break
+            batch = store.read_chunk(tile, index)
+            nbytes += sum(a.nbytes for a in (batch.vis, batch.nisp) if a is not None)
+            n += len(batch)
+    dt = time.perf_counter() - t0
+    return {"cutouts": n, "gb": nbytes / 1e9, "seconds": dt, "gb_per_s": nbytes / 1e9 / dt if dt else 0.0,
+            "cutouts_per_s": n / dt if dt else 0.0, "complete": n == store.total_cutouts()}
+
+
+def sweep(run, x: np.ndarray, batches: list[int], box: TimeBox, per_point_s: float, sync=None) -> dict:
+    """img/s of ``run`` at each batch size: one warm-up call, then calls for ``per_point_s`` (at least 3)."""
+    out = {}
+    for b in batches:
+        if box.over():
+            out[str(b)] = {"skipped": "time box"}
+            continue
+        xb = np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])))  # repeat the set up to the batch size
+        try:
+            run(xb)
+            if sync:
+                sync()
+            calls, t0 = 0, time.perf_counter()
+            while calls < 3 or time.perf_counter() - t0 < per_point_s:
+                run(xb)
+                calls += 1
+            if sync:
+                sync()
+            dt = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - out of memory at a large batch is a result, not a crash
+            out[str(b)] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            continue
+        out[str(b)] = {"img_s": calls * b / dt}
+    return out
+
+
+def _best(points: dict) -> tuple[int, float]:
+    rated = [(int(b), p["img_s"]) for b, p in points.items() if "img_s" in p]
+    return max(rated, key=lambda t: t[1]) if rated else (0, 0.0)
+
+
+def ort_section(entries, inputs, reference, providers_list, batches, box, per_point_s, trt_cache: Path) -> dict:
+    """ONNX Runtime per model and provider list (CUDA, TensorRT): batch sweep and max |ΔP|."""
+    import onnxruntime as ort
+
+    results = {}
+    for label, providers in providers_list:
+        results[label] = {}
+        for e in entries:
+            if box.over(reserve=60):
+                results[label][e.name] = {"skipped": "time box"}
+                continue
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            provs = providers
+            if providers[0] == "TensorrtExecutionProvider":
+                shape = f"cutout:{{}}x{len(e.bands)}x{e.stamp}x{e.stamp}"
+                provs = [("TensorrtExecutionProvider", {
+                    "trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache),
+                    "trt_profile_min_shapes": shape.format(1), "trt_profile_opt_shapes": shape.format(max(batches)),
+                    "trt_profile_max_shapes": shape.format(max(batches)), "trt_fp16_enable": True}),
+                    *providers[1:]]
+            t0 = time.perf_counter()
+            try:
+                sess = ort.InferenceSession(str(e.path), opts, providers=provs)
+                run = lambda x, s=sess: s.run(["p_lens"], {"cutout": x})[0]  # noqa: E731
+                p = np.concatenate([run(inputs[e.name][i:i + 64]) for i in range(0, len(inputs[e.name]), 64)])
+            except Exception as exc:  # noqa: BLE001 - a provider that fails is a result
+                results[label][e.name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                continue
+            setup = time.perf_counter() - t0
+            points = sweep(run, inputs[e.name], batches, box, per_point_s)
+            b, rate = _best(points)
+            results[label][e.name] = {"provider_used": sess.get_providers()[0], "setup_s": setup,
+                                      "max_delta_p": float(np.abs(p.reshape(-1) - reference[e.name]).max()),
+                                      "sweep": points, "best_batch": b, "best_img_s": rate}
+    return results
+
+
+def torch_section(entries, inputs, reference, device: str, batches, box, per_point_s, compile_too: bool) -> dict:
+    """torch bf16 autocast, channels-last, per model (eager, and compiled with ``compile_too``)."""
+    import torch
+
+    from lensengine.training.export import load_torch_model
+    from lensengine.training.networks import p_lens
+
+    modes = ["eager", "compile"] if compile_too else ["eager"]
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    results = {m: {} for m in modes}
+    for mode in modes:
+        for e in entries:
+            if box.over(reserve=60):
+                results[mode][e.name] = {"skipped": "time box"}
+                continue
+            if not Path(e.path).with_suffix(".pt").is_file():
+                results[mode][e.name] = {"skipped": f"no torch weights beside {e.path}"}
+                continue
+            t0 = time.perf_counter()
+            net = load_torch_model(e.path, e.name).eval().to(device).to(memory_format=torch.channels_last)
+            fwd = torch.compile(net) if mode == "compile" else net
+
+            def run(x, fwd=fwd):
+                t = torch.from_numpy(x).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
+                    return p_lens(fwd(t).float()).cpu().numpy()
+
+            try:
+                p = np.concatenate([run(inputs[e.name][i:i + 64]) for i in range(0, len(inputs[e.name]), 64)])
+            except Exception as exc:  # noqa: BLE001
+                results[mode][e.name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                continue
+            setup = time.perf_counter() - t0
+            points = sweep(run, inputs[e.name], batches, box, per_point_s, sync)
+            b, rate = _best(points)
+            results[mode][e.name] = {"setup_s": setup, "max_delta_p": float(np.abs(p - reference[e.name]).max()),
+                                     "sweep": points, "best_batch": b, "best_img_s": rate}
+            del net, fwd
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return results
+
+
+def end_to_end(store: Path, entries, models_dir, device: str, batch: int, workers: list[int], box: TimeBox,
+               tmp: Path) -> dict:
+    """``lensengine run`` on the store: cutouts/s with each worker count (the real engine path)."""
+    from lensengine.engine.run import RunOptions, execute_run
+
+    out = {}
+    for w in workers:
+        if box.over(reserve=20):
+            out[str(w)] = {"skipped": "time box"}
+            continue
+        cat = tmp / f"e2e_w{w}.fits"
+        opts = RunOptions(store=store, out=cat, scores=tmp / f"e2e_w{w}_scores.parquet", models=entries,
+                          models_dir=models_dir, workers=w, device=device, batch_size=batch, progress=False,
+                          dashboard=False, precision="fp32")
+        t0 = time.perf_counter()
+        try:
+            summary = execute_run(opts)
+        except Exception as exc:  # noqa: BLE001
+            out[str(w)] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            continue
+        wall = time.perf_counter() - t0
+        out[str(w)] = {"cutouts": summary.n_cutouts, "wall_s": wall, "cutouts_per_s": summary.n_cutouts / wall,
+                       "scoring_s": summary.seconds, "scoring_rate": summary.rate, "providers": summary.providers}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry-run", action="store_true", help="the same path on the CPU with tiny sizes")
+    ap.add_argument("--tiles", type=Path, default=None, help="an existing store [default: generate one]")
+    ap.add_argument("-n", type=int, default=None, help="cutouts of the generated store [8192; dry-run 48]")
+    ap.add_argument("--chunk", type=int, default=None, help="chunk size of the generated store [1024; dry-run 16]")
+    ap.add_argument("--models", type=Path, default=None, help="models folder [default: the shipped models]")
+    ap.add_argument("--model", action="append", default=None, help="only this model (repeatable)")
+    ap.add_argument("--batches", default=None, help="batch sweep [64,256,1024,4096; dry-run 4,8]")
+    ap.add_argument("--workers", default=None, help="end-to-end worker counts [1,4; dry-run 1]")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile the torch runs")
+    ap.add_argument("--time-box", type=float, default=None, help="seconds for everything [420; dry-run 120]")
+    ap.add_argument("--per-point", type=float, default=None, help="seconds per sweep point [1.0; dry-run 0.05]")
+    ap.add_argument("--json", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    dry = args.dry_run
+    n = args.n or (48 if dry else 8192)
+    chunk = args.chunk or (16 if dry else 1024)
+    batches = [int(b) for b in (args.batches or ("4,8" if dry else "64,256,1024,4096")).split(",")]
+    workers = [int(w) for w in (args.workers or ("1" if dry else "1,4")).split(",")]
+    box = TimeBox(args.time_box or (120 if dry else 420))
+    per_point = args.per_point if args.per_point is not None else (0.05 if dry else 1.0)
+
+    from lensengine.engine.preprocess import Preprocessor
+    from lensengine.engine.registry import resolve_models
+    from lensengine.engine.sessions import choose_providers
+
+    report: dict = {"machine": machine(dry), "settings": {"n": n, "chunk": chunk, "batches": batches,
+                                                          "workers": workers, "time_box_s": box.seconds}}
+    gpu = report["machine"]["gpu_available"] and "CUDAExecutionProvider" in report["machine"].get("ort_providers", [])
+    if not dry and not gpu:
+        ap.error("no usable CUDA GPU here (ONNX Runtime CUDA provider and driver); use --dry-run on a CPU")
+    device = "cpu" if dry else "cuda"
+    entries = resolve_models(args.models, args.model)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp_name:
+        tmp = Path(tmp_name)
+        t0 = time.perf_counter()
+        store = args.tiles or make_store(tmp / "bench.zarr", n, chunk)
+        report["store"] = {"path": str(store), "generated": args.tiles is None, "seconds": time.perf_counter() - t0}
+        print(f"store ready in {report['store']['seconds']:.1f} s", flush=True)
+
+        report["read"] = read_rate(store, box, limit_s=30 if not dry else 5)
+        print(f"zarr read: {report['read']['gb_per_s']:.2f} GB/s ({report['read']['cutouts_per_s']:.0f} cutouts/s)",
+              flush=True)
+
+        # a fixed set of cutouts, preprocessed once; the reference is ONNX Runtime fp32 on the CPU
+        from lensengine.catalogs.store import SurveyStore
+
+        first = SurveyStore.open(store).read_chunk(SurveyStore.open(store).tiles[0], 0)
+        k = min(len(first), 256)
+        bands = {"VIS": first.vis[:k], "Y": first.nisp[:k, 0], "J": first.nisp[:k, 1], "H": first.nisp[:k, 2]}
+        inputs = Preprocessor([e.as_spec() for e in entries])(bands, k).inputs
+        reference = {}
+        for e in entries:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(e.path), providers=["CPUExecutionProvider"])
+            reference[e.name] = sess.run(["p_lens"], {"cutout": inputs[e.name]})[0].reshape(-1)
+
+        if dry:
+            providers_list = [("cpu-standing-in-for-cuda", ["CPUExecutionProvider"])]
+        else:
+            providers_list = [("cuda", choose_providers("cuda"))]
+            trt = choose_providers("auto")
+            if trt[0] == "TensorrtExecutionProvider":
+                providers_list.append(("tensorrt", trt))
+            else:
+                report["tensorrt"] = "TensorRT libraries not loadable here: skipped"
+        report["ort"] = ort_section(entries, inputs, reference, providers_list, batches, box, per_point,
+                                    tmp / "trt-cache")
+        for label, per_model in report["ort"].items():
+            for name, r in per_model.items():
+                print(f"ort {label:24s} {name:7s} " + (f"best {r['best_img_s']:9.0f} img/s at batch "
+                      f"{r['best_batch']}, max|dP| {r['max_delta_p']:.1e}" if "best_img_s" in r else str(r)),
+                      flush=True)
+
+        try:
+            report["torch_bf16"] = torch_section(entries, inputs, reference, device, batches, box, per_point,
+                                                 args.compile)
+        except ImportError as exc:
+            report["torch_bf16"] = {"skipped": f"torch not installed ({exc})"}
+
+        # the model-only bound of the full ensemble: each model at its best batch, one after another
+        best = report["ort"][providers_list[0][0]]
+        rates = [r.get("best_img_s", 0.0) for r in best.values()]
+        bound = 1 / sum(1 / r for r in rates) if rates and all(rates) else 0.0
+        batch = max((r.get("best_batch", 0) for r in best.values()), default=0) or batches[0]
+        report["ensemble_model_only_cutouts_per_s"] = bound
+        report["end_to_end"] = end_to_end(store, entries, args.models, device, batch, workers, box, tmp)
+        for w, r in report["end_to_end"].items():
+            if "cutouts_per_s" in r:
+                r["of_model_only_bound"] = r["cutouts_per_s"] / bound if bound else None
+        report["goal_cutouts_per_s"] = GOAL_CUTOUTS_PER_S
+    report["seconds"] = time.perf_counter() - box.t0
+    args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"full ensemble model-only bound {bound:.0f} cutouts/s; end to end "
+          + ", ".join(f"{w} worker(s) {r.get('cutouts_per_s', float('nan')):.0f}/s"
+                      for w, r in report["end_to_end"].items())
+          + f"; goal {GOAL_CUTOUTS_PER_S}/s; {report['seconds']:.0f} s in all; wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
