@@ -283,15 +283,22 @@ def _describe_json(path: Path) -> dict:
 
 @catalog_group.command("crossmatch")
 @click.argument("catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("known", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("known", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: in place).")
 @click.option("--radius", default=2.0, show_default=True, type=float, help="Match radius (arcsec).")
 @_json_option()
 def catalog_crossmatch_cmd(catalog: Path, known: Path, out: Path | None, radius: float, as_json: bool) -> None:
-    """Fill the KNOWN_LENS column of a candidate catalogue from a list of known lenses (FITS/CSV, RA/Dec)."""
-    from lensengine.catalogs.catalog import read_catalog, write_table
-    from lensengine.catalogs.crossmatch import crossmatch_known
+    """Fill the KNOWN_LENS column of a candidate catalogue from a list of known lenses.
 
+    KNOWN is a FITS/CSV file with RA/Dec columns, or the word ``lenscat``: the lenscat catalogue of known
+    lenses shipped inside its wheel (``pip install --no-deps lenscat``; works offline).
+    """
+    from lensengine.catalogs.catalog import read_catalog, write_table
+    from lensengine.catalogs.crossmatch import LENSCAT, crossmatch_known
+
+    if str(known) != LENSCAT and not known.is_file():
+        raise click.BadParameter(f"{known} is not a file (give a FITS/CSV list of known lenses or 'lenscat')",
+                                 param_hint="KNOWN")
     try:
         table = crossmatch_known(read_catalog(catalog), known, radius_arcsec=radius)
     except ValueError as exc:

@@ -63,15 +63,17 @@ def prepare_session(model_name, providers):
 def make_runner(model, precision, threads):
     """Return a callable that scores one model in a precision ONNX Runtime does not cover, or None.
 
-    Called once per worker process and model when a run asks for a precision
-    other than ``"fp32"`` (``lensengine run --precision bf16``); fp32 always
-    runs in ONNX Runtime.  ``model`` is the
-    :class:`~lensengine.engine.models.ModelEntry`, ``precision`` a string such
-    as ``"bf16"``, ``threads`` the CPU threads to use (0: the library's
+    Called once per worker process and model when a run's runner for it is
+    not an ONNX Runtime or OpenVINO one (``--precision bf16``, or ``--runner
+    torch-bf16|torch-compile-fp32|torch-compile-bf16``, engine/runners.py).
+    ``model`` is the :class:`~lensengine.engine.models.ModelEntry`,
+    ``precision`` the runner's name (``"torch-bf16"``, …; ``"bf16"`` from
+    older callers), ``threads`` the CPU threads to use (0: the library's
     default).  Return ``run(x) -> p``: ``x`` float32 (N, C, S, S) as the
     preprocessor makes it, ``p`` (N,) P(lens).  The built-in torch runner
-    answers ``"bf16"`` from the ``.pt`` weights beside the ONNX file.  The
-    first non-None answer wins (``firstresult``): one runner scores a model.
+    answers the three torch runners from the ``.pt`` weights beside the ONNX
+    file.  The first non-None answer wins (``firstresult``): one runner
+    scores a model.
     """
 
 
@@ -126,4 +128,7 @@ def register_reports():
     registered report (or those named with ``--name``) on a finished score
     table.  Each callable takes ``(scores_path, out_dir)`` and writes its
     files into ``out_dir``, returning the list of paths written.
+    ``scores_path`` is a single Parquet file or a run's score-table folder (a
+    dataset partitioned by tile): read it with
+    ``lensengine.catalogs.catalog.read_scores``, which takes both.
     """

@@ -123,3 +123,22 @@ def test_crossmatch_and_cli(tmp_path, rng, cli_root):
     assert info.exit_code == 0 and "4 rows" in info.output
     bad = CliRunner().invoke(cli_root, ["catalog", "info", str(tmp_path / "known.csv")])
     assert bad.exit_code == 2
+
+
+def test_crossmatch_cli_with_lenscat_and_a_missing_list(tmp_path, rng, cli_root):
+    from lensengine.catalogs.crossmatch import lenscat_file
+
+    scores = Table(score_batch(rng, 6))
+    scores["P_ENSEMBLE"][:2] = [0.99, 0.98]
+    path = tmp_path / "c.fits"
+    write_candidates(scores, path, threshold=0.9, provenance={})
+    missing = CliRunner().invoke(cli_root, ["catalog", "crossmatch", str(path), str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 2 and "nope.csv is not a file" in missing.output
+    try:
+        _, version = lenscat_file()
+    except ValueError as exc:
+        pytest.skip(f"lenscat not installed: {exc}")
+    result = CliRunner().invoke(cli_root, ["catalog", "crossmatch", str(path), "lenscat", "--json"])
+    assert result.exit_code == 0, result.output
+    again = read_catalog(path)
+    assert "KNOWN_LENS" in again.colnames and again.meta["KNOWNCAT"][0] == f"lenscat {version}"

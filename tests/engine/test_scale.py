@@ -87,5 +87,6 @@ def test_tasks_cover_every_row_once_whatever_the_task_size():
             assert (t.start, t.stop) == (t.pieces[0].start, t.pieces[-1].stop)
             assert len(t) <= max(plan.task_size, 1)
     assert effective_task_size(20, 57, 16) == 16  # more than a chunk: whole chunks
-    assert effective_task_size(0, 200, 1024) == 32  # the 200-cutout demo: 7 tasks, progress that moves
+    assert effective_task_size(0, 200, 1024) == 128  # the 200-cutout demo: 2 tasks, progress that moves
+    assert effective_task_size(0, 8000, 1024) == 500  # a small store: 16 tasks
     assert effective_task_size(0, 10**9, 1024) == 1024  # a survey: one chunk per task
