@@ -37,7 +37,7 @@ from lensengine.catalogs._zarr_layout import FORMAT_NAME, FORMAT_VERSION
 from lensengine.catalogs.vocabulary import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
 
 __all__ = ["FORMAT_VERSION", "CutoutBatch", "SurveyStore", "ChunkReadError", "IncompleteStoreError", "as_location",
-           "is_url", "location_key"]
+           "is_url", "location_key", "pid_alive"]
 
 #: Root attribute present while a store is being created (see :meth:`SurveyStore.build`).
 INCOMPLETE_MARK = "incomplete"
@@ -594,12 +594,13 @@ def _remove_dead_partials(target: Path) -> None:
     for kind in ("partial", "replaced"):
         for scratch in target.parent.glob(f".{target.name}.{kind}-*"):
             pid = scratch.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)) and (kind == "partial" or target.exists()):
+            if pid.isdigit() and not pid_alive(int(pid)) and (kind == "partial" or target.exists()):
                 log.info("removing %s, left by a store build that was killed", scratch)
                 Location(scratch).remove()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a pid we may not signal exists too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

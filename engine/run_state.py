@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lensengine.catalogs.store import pid_alive
+
 log = logging.getLogger(__name__)
 
 __all__ = ["RunRefused", "OutputLock", "PartsFolder", "part_name", "commit_outputs", "finish_interrupted_commit",
@@ -64,17 +66,6 @@ _TMP_RE = re.compile(r"\.tmp-(\d+)")
 
 class RunRefused(Exception):
     """The run cannot start as asked (bad usage or input found before any work): exit code 2."""
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (a pid we may not signal exists too)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ids_sha256(object_ids) -> str:
