@@ -249,11 +249,13 @@ def main() -> None:
         try:
             client = cluster.client()
             measure_tasks(client, cluster.scheduler.pid, 200, IN_FLIGHT_PER_WORKER)  # warm up
-            for n in sizes:
-                modes = [IN_FLIGHT_PER_WORKER] + ([n] if args.unbounded and n <= 10_000 else [])
-                for per_worker in modes:
-                    measured.append(measure_tasks(client, cluster.scheduler.pid, n, per_worker))
-                    print(json.dumps(measured[-1]), file=sys.stderr, flush=True)
+            # Every bounded size first: RSS is sampled from live processes, and memory an unbounded run
+            # took is not given back to the OS, so a bounded run after one would inherit its peak.
+            runs = [(n, IN_FLIGHT_PER_WORKER) for n in sizes]
+            runs += [(n, n) for n in sizes if args.unbounded and n <= 10_000]
+            for n, per_worker in runs:
+                measured.append(measure_tasks(client, cluster.scheduler.pid, n, per_worker))
+                print(json.dumps(measured[-1]), file=sys.stderr, flush=True)
             client.close()
         finally:
             cluster.close()
