@@ -64,7 +64,7 @@ from lensengine.engine.run_state import (
 )
 from lensengine.engine.runners import runner_cards, runner_for, uses_torch_weights
 from lensengine.engine.cascade import plan_cascade
-from lensengine.engine.scoring import ChunkTask, row_schema, score_chunk
+from lensengine.engine.scoring import ChunkTask, open_store, row_schema, score_chunk
 
 log = logging.getLogger(__name__)
 
@@ -883,7 +883,7 @@ class PartChecker:
         path = parts.part_path(task.tile, task.start)
         identity = {"tile": task.tile, "start": task.start, "stop": task.stop, "run": self.run_id}
         problem, cols = parts.check_part(path, identity, columns=("FLAGS", "P_ENSEMBLE"),
-                                         store_ids=lambda: _store_ids(_opened_store(task.pieces[0].store), task))
+                                         store_ids=lambda: _store_ids(open_store(task.pieces[0].store), task))
         if problem:
             return problem, {}, None
         score = cols["P_ENSEMBLE"].astype(np.float32)
@@ -912,14 +912,6 @@ def _batches(tasks: Iterable[RunTask], size: int) -> Iterator[_PartBatch]:
     tasks = iter(tasks)
     while batch := tuple(itertools.islice(tasks, size)):
         yield _PartBatch(batch)
-
-
-@functools.lru_cache(maxsize=4)
-def _opened_store(path: str):
-    """The store a worker checks parts against, opened once per process."""
-    from lensengine.catalogs.store import SurveyStore
-
-    return SurveyStore.open(path)
 
 
 def _merge(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummary, client=None,

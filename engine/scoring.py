@@ -38,7 +38,7 @@ from lensengine.engine.preprocess import Preprocessor
 log = logging.getLogger(__name__)
 
 __all__ = ["ChunkTask", "score_chunk", "score_batch", "score_store", "row_schema", "make_runner",
-           "preprocessor_for"]
+           "preprocessor_for", "open_store"]
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -142,7 +142,8 @@ def preprocessor_for(models: tuple[ModelEntry, ...]) -> Preprocessor:
 
 
 @lru_cache(maxsize=4)
-def _open_store(path: str):
+def open_store(path: str):
+    """The store at ``path`` (a local path or a URL), opened once per process: workers score and check against it."""
     from lensengine.catalogs.store import SurveyStore
 
     return SurveyStore.open(path)
@@ -394,7 +395,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     """
     from lensengine.catalogs.store import ChunkReadError, CutoutBatch
 
-    store = _open_store(task.store)
+    store = open_store(task.store)
     n = task.stop - task.start
     schema = _schema(task.models, task.ensemble, tuple(store.truth_columns.items()))
     rows: dict[str, np.ndarray] = {"TILE": np.full(n, task.tile, dtype=object),
@@ -453,8 +454,8 @@ def score_store(store, models, ensemble: str | None = None, *, device: str = "au
     from lensengine.catalogs.store import location_key
 
     path = location_key(getattr(store, "path", store))  # a URL as given, a local path made absolute
-    _open_store.cache_clear()  # a command sees the store as it is now, not as an earlier command in this process did
-    opened = _open_store(path)
+    open_store.cache_clear()  # a command sees the store as it is now, not as an earlier command in this process did
+    opened = open_store(path)
     models = tuple(models)
     for tile in opened.tiles:
         for index, (start, stop) in enumerate(opened.chunk_slices(tile)):
