@@ -34,12 +34,13 @@ validation stores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from lensengine.engine.models import file_sha256
 
 __all__ = ["Cascade", "CASCADE_FILE", "mean_bound", "plan_cascade", "validated_gate", "gate_scores"]
 
@@ -123,10 +124,6 @@ def _split_by_stamp(models) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return cheap, expensive
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def plan_cascade(models, ensemble, threshold: float, models_dir: Path | None = None,
                  path: Path | None = None) -> Cascade:
     """The :class:`Cascade` a run with these models, ensemble and threshold uses; raises ``ValueError`` if none fits.
@@ -169,7 +166,7 @@ def plan_cascade(models, ensemble, threshold: float, models_dir: Path | None = N
                          f"({CASCADE_FILE} beside the models, entry ensembles.{ensemble.name}); "
                          f"{source or 'no gate file was found'}")
     ens_file = getattr(ensemble, "path", None)
-    if entry.get("ensemble_sha256") and ens_file is not None and entry["ensemble_sha256"] != _file_sha256(ens_file):
+    if entry.get("ensemble_sha256") and ens_file is not None and entry["ensemble_sha256"] != file_sha256(ens_file):
         raise ValueError(f"cascade gate file {path}: its {ensemble.name} gates were chosen for another fitted "
                          f"ensemble than {ens_file} (SHA-256 differs); re-derive them "
                          f"(python benchmarks/bench_cascade.py derive)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import json
 import math
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from lensengine.engine.models import file_sha256
 from lensengine.engine.options import echo_json, json_option, tiles_option
 from lensengine.plugins import hookimpl
 
@@ -51,14 +51,6 @@ class GalleryResult:
     @property
     def bytes_per_candidate(self) -> float:
         return self.bytes_total / max(self.n_candidates, 1)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _plain(values) -> np.ndarray:
@@ -262,7 +254,7 @@ def build_gallery(catalog_path, store_path, out_dir, *, top: int | None = None, 
             "tsne": int(cells[i]) if cells is not None and int(cells[i]) >= 0 else None,
             "img": images[i], "explain": explain[i],
         })
-    sha = _sha256(catalog_path)
+    sha = file_sha256(catalog_path)
     run_id = str(table.meta.get("RUNID", (sha[:16], ""))[0])
     labels = {c: ("ensemble" if c == "P_ENSEMBLE" else c[2:].replace("_", "-")) for c in score_cols}
     gallery = {"catalog": catalog_path.name, "catalog_sha256": sha, "id": f"{catalog_path.name}:{run_id}",
@@ -383,7 +375,7 @@ def import_grades(grades_path, catalog_path, out=None) -> dict:
     table["GRADE"].info.description = "visual grade A, B, C or X (empty: not graded)"
     n = sum(1 for g in column if g)
     table.meta["GRADEFIL"] = (grades_path.name, "visual grades imported from this file")
-    table.meta["GRADESHA"] = (_sha256(grades_path), "SHA-256 of the grades file")
+    table.meta["GRADESHA"] = (file_sha256(grades_path), "SHA-256 of the grades file")
     table.meta["GRADEDAT"] = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
                               "UTC date the grades were imported")
     if info.get("exported"):
