@@ -63,17 +63,19 @@ class LoadReport:
     skipped_flags: int = 0       # store flags UNREADABLE / INCOMPLETE_WRITE
     skipped_unusable: int = 0    # the Preprocessor found a bad band this model reads
     skipped_label: int = 0       # label not 0 or 1
+    skipped_faint: int = 0       # lenses whose arc S/N is below ``min_arc_snr`` (training only)
     unreadable_chunks: list = field(default_factory=list)  # [(tile, index, reason)]
     seconds: float = 0.0
 
     @property
     def n_skipped(self) -> int:
-        return self.skipped_flags + self.skipped_unusable + self.skipped_label
+        return self.skipped_flags + self.skipped_unusable + self.skipped_label + self.skipped_faint
 
     def as_dict(self) -> dict:
         return {"store": self.store, "n_read": self.n_read, "n_used": self.n_used, "n_skipped": self.n_skipped,
                 "skipped_flags": self.skipped_flags, "skipped_unusable": self.skipped_unusable,
-                "skipped_label": self.skipped_label, "unreadable_chunks": len(self.unreadable_chunks),
+                "skipped_label": self.skipped_label, "skipped_faint": self.skipped_faint,
+                "unreadable_chunks": len(self.unreadable_chunks),
                 "seconds": round(self.seconds, 2)}
 
 
@@ -305,12 +307,16 @@ def iter_store_chunks(store, report: LoadReport | None = None):
 
 
 def load_cutouts(store, spec: ModelSpec, *, limit: int | None = None, cache: str = "auto",
-                 max_memory_gb: float = 6.0, progress=None) -> tuple[CutoutSet, LoadReport]:
+                 max_memory_gb: float = 6.0, progress=None,
+                 min_arc_snr: float | None = None) -> tuple[CutoutSet, LoadReport]:
     """Read the usable, labelled cutouts of ``store`` (a path or an open SurveyStore) for ``spec``.
 
     ``limit`` stops reading once that many usable cutouts are held (store
     order, so deterministic).  ``progress`` is an optional callable
-    ``progress(n_read, n_total)``.
+    ``progress(n_read, n_total)``.  ``min_arc_snr`` leaves out the lenses
+    whose arcs are fainter than that (truth column ``arc_snr``): a lens the
+    noise hides teaches the network nothing but to call noise a lens, so
+    training may keep only the lenses it can see (negatives are all kept).
     """
     if cache not in ("auto", "prepared", "raw"):
         raise ValueError(f"cache must be 'auto', 'prepared' or 'raw', got {cache!r}")
@@ -321,6 +327,9 @@ def load_cutouts(store, spec: ModelSpec, *, limit: int | None = None, cache: str
     if missing:
         raise ValueError(f"model {spec.name} reads bands {list(spec.bands)} but store {report.store} holds "
                          f"{list(store.bands)}: missing {missing}")
+    if min_arc_snr is not None and "arc_snr" not in store.truth_columns:
+        raise ValueError(f"min_arc_snr needs the truth column 'arc_snr', which store {report.store} lacks "
+                         f"(found {sorted(store.truth_columns)}); simulate the store with `lensengine simulate`")
     if "label" not in store.truth_columns:
         raise ValueError(f"store {report.store} has no truth column 'label' (found {sorted(store.truth_columns)}); "
                          "training and evaluation need labelled cutouts")
@@ -355,6 +364,10 @@ def load_cutouts(store, spec: ModelSpec, *, limit: int | None = None, cache: str
         good_label = np.isin(label, (0, 1))
         report.skipped_label += int((ok & ~good_label).sum())
         ok &= good_label
+        if min_arc_snr is not None:
+            faint = (label == 1) & ~(np.asarray(batch.truth["arc_snr"], dtype=np.float64) >= min_arc_snr)
+            report.skipped_faint += int((ok & faint).sum())
+            ok &= ~faint
         rows = np.flatnonzero(ok)[: capacity - n]
         k = rows.size
         if inputs is not None:

@@ -20,6 +20,7 @@
 #   MODELS ["OU-J OU-Y OU-H OU-JYH OU-66 OU-VIS OU-200"]   RUNS [WORKDIR/runs]
 #   AUGMENT [full]  HARD_NEG [0.1]  HARD_BOOST [2]  L2SP [0.01]  LR [3e-4]  EPOCHS [250]  PATIENCE [8]
 #   MAX_TRAIN_66 / MAX_TRAIN_200 [all]: cap the training cutouts per family (CPU budget)
+#   MIN_ARC_SNR [none]: leave training lenses with arc S/N below this out (--min-arc-snr; validation keeps all)
 #   DEVICE [auto]  PRECISION [auto: bf16 on CUDA and AMX/AVX512-BF16 CPUs, else fp32]
 #   THREADS [torch default]  LOADER_WORKERS [1; 4-8 on a GPU machine]
 #   PUBLISHED [../shared/published-weights]
@@ -70,6 +71,7 @@ for model in ${MODELS:-OU-J OU-Y OU-H OU-JYH OU-66 OU-VIS OU-200}; do
   extra=()
   [ -f "$runs/$model/last.pt" ] && extra+=(--resume)
   [ -n "$cap" ] && extra+=(--max-train "$cap")
+  [ -n "${MIN_ARC_SNR:-}" ] && extra+=(--min-arc-snr "$MIN_ARC_SNR")
   [ -n "${THREADS:-}" ] && extra+=(--threads "$THREADS")
   lensengine -q train --model "$model" --data "$train_store" --val "$val_store" --out "$runs/$model" \
     --init-from "$published" --augment "${AUGMENT:-full}" --hard-negatives "${HARD_NEG:-0.1}" \

@@ -83,6 +83,8 @@ class TrainConfig:
     val_fraction: float = 0.1          # split off the training store when no validation store is given
     max_train: int | None = None       # use at most this many training cutouts (store order)
     max_val: int | None = None         # use at most this many validation cutouts
+    min_arc_snr: float | None = None   # leave training lenses with arc S/N below this out (a --val store
+                                       # keeps all; a split of the training store is filtered before it)
     early_stop: int | None = None      # stop after this many epochs without a lower validation loss
     max_time_min: float | None = None  # stop before an epoch would end past this budget (per invocation)
     precision: str = "auto"            # auto | fp32 | bf16 | fp16 (fp16: CUDA only, with a grad scaler)
@@ -296,7 +298,7 @@ def _load_data(cfg: TrainConfig, data, val, spec) -> tuple[CutoutSet, CutoutSet,
     train_cache = "raw" if cfg.augment == "full" else cfg.cache
     if val is not None:
         train_set, rep = load_cutouts(data, spec, limit=cfg.max_train, cache=train_cache,
-                                      max_memory_gb=cfg.max_memory_gb)
+                                      max_memory_gb=cfg.max_memory_gb, min_arc_snr=cfg.min_arc_snr)
         val_set, vrep = load_cutouts(val, spec, limit=cfg.max_val, cache=cfg.cache,
                                      max_memory_gb=cfg.max_memory_gb / 4)
         reports = {"train": rep.as_dict(), "val": vrep.as_dict()}
@@ -304,7 +306,8 @@ def _load_data(cfg: TrainConfig, data, val, spec) -> tuple[CutoutSet, CutoutSet,
         limit = None
         if cfg.max_train is not None:
             limit = math.ceil(cfg.max_train / (1 - cfg.val_fraction)) + 1
-        full, rep = load_cutouts(data, spec, limit=limit, cache=train_cache, max_memory_gb=cfg.max_memory_gb)
+        full, rep = load_cutouts(data, spec, limit=limit, cache=train_cache, max_memory_gb=cfg.max_memory_gb,
+                                 min_arc_snr=cfg.min_arc_snr)
         tr, va = split_indices(len(full), cfg.val_fraction, cfg.seed)
         if cfg.max_train is not None:
             tr = tr[: cfg.max_train]

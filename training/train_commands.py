@@ -44,6 +44,9 @@ def _quiet(ctx: click.Context) -> bool:
                                               "AMX/AVX512-BF16, else fp32; train also takes fp16 (CUDA).")
 @click.option("--max-train", type=int, default=None, help="Use at most N training cutouts.")
 @click.option("--max-val", type=int, default=None, help="Use at most N validation cutouts.")
+@click.option("--min-arc-snr", "min_arc_snr", type=float, default=None,
+              help="Leave the training lenses whose arcs have S/N below this out (truth column arc_snr; "
+                   "negatives all kept; a --val store keeps every lens). Default: keep all.")
 @click.option("--early-stop", type=int, default=None, help="Stop after PATIENCE epochs without a lower validation loss.")
 @click.option("--max-time", "max_time", type=float, default=None,
               help="Minutes per model for this invocation; stops cleanly between epochs (resume later).")
@@ -74,7 +77,7 @@ def _quiet(ctx: click.Context) -> bool:
 @needs_extra("torch")
 @click.pass_context
 def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size, lr, seed, val_fraction, device,
-              precision, max_train, max_val, early_stop, max_time, threads, cache, max_memory_gb, loader_workers,
+              precision, max_train, max_val, min_arc_snr, early_stop, max_time, threads, cache, max_memory_gb, loader_workers,
               init_from, augment, hard_negatives, hard_boost, l2sp, resume, no_export, as_json):
     """Train a lens-finding CNN: the paper's recipe (Adam 3e-4, class-weighted cross-entropy) plus the sky recipe.
 
@@ -100,7 +103,8 @@ def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size,
         log.warning("--batch-size %d applies to every model trained here", batch_size)
     data = store
     cfg = TrainConfig(model=chosen[0], epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      val_fraction=val_fraction, max_train=max_train, max_val=max_val, early_stop=early_stop,
+                      val_fraction=val_fraction, max_train=max_train, max_val=max_val,
+                      min_arc_snr=min_arc_snr, early_stop=early_stop,
                       max_time_min=max_time, precision=precision, device=device, num_threads=threads or None,
                       cache=cache, max_memory_gb=max_memory_gb, init_from=str(init_from or ""), augment=augment,
                       hard_negatives=hard_negatives, hard_negative_boost=hard_boost, l2sp=l2sp,

@@ -178,6 +178,25 @@ def test_data_loading_skips_and_caches(tmp_path):
     assert sizes == [8, 8, 8, 8, 8, 2] and loader.wait_s >= 0
 
 
+def test_min_arc_snr_leaves_out_only_faint_lenses(tmp_path):
+    from lensengine.training.data import load_cutouts
+
+    path = make_store(tmp_path / "snr.zarr", n=48, chunk=16)
+    spec = get_spec("OU-J")
+    every, _ = load_cutouts(path, spec, cache="prepared")
+    bright, rep = load_cutouts(path, spec, cache="prepared", min_arc_snr=30.0)
+    store = SurveyStore.open(path)
+    truth = {k: np.concatenate([store.read_chunk(t, i).truth[k] for t in store.tiles
+                                for i in range(len(store.chunk_slices(t)))]) for k in ("label", "arc_snr")}
+    faint = (truth["label"] == 1) & (truth["arc_snr"] < 30.0)
+    assert 0 < faint.sum() < (truth["label"] == 1).sum()
+    assert rep.skipped_faint == faint.sum() and rep.n_used == 48 - faint.sum()
+    assert (bright.labels == 0).sum() == (every.labels == 0).sum()            # every negative kept
+    assert (bright.labels == 1).sum() == (truth["label"] == 1).sum() - faint.sum()
+    np.testing.assert_array_equal(bright.inputs, every.inputs[~faint])        # the same rows, in order
+    assert rep.as_dict()["skipped_faint"] == faint.sum()
+
+
 def test_time_budget_stops_cleanly_and_bf16_step(store, tmp_path):
     from lensengine.training.train import measure_throughput, resolve_precision, train
 
