@@ -13,6 +13,12 @@ Measures on one generated store (default 5 000 cutouts):
 
     python benchmarks/bench_engine.py --models models/published --n 5000 --json bench_engine.json
 
+``--overlap`` measures only issue 13's item 4, end to end against the bound with 1 and 2 workers and the
+cascade, on real stores (the cascade's pass rate depends on the cutouts):
+
+    python benchmarks/bench_engine.py --models models --overlap --source sky1.zarr --subset 1024 --subset 4096 \
+        --json results_overlap.json
+
 Prints a table and writes JSON.  Use a quiet machine: the ratios are what count.
 """
 
@@ -94,18 +100,27 @@ class PeakRSS:
         self._thread.join()
 
 
-def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision: str = "fp32") -> dict:
+def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision: str = "fp32",
+               cascade: bool = False, threshold: float | None = None, code: Path | None = None) -> dict:
     """``lensengine run`` as a user runs it, in its own process: rate and the peak RSS of it and its workers.
 
     ``rate`` is over the whole command (interpreter start, cluster start, scoring, merge); ``scoring_rate``
     over the run's scoring stage (cluster start included, final merge not), from its ``--json`` summary.
+    ``cascade`` adds ``--cascade``; ``pass_fraction`` is then the share of cutouts sent on past its gate.
+    ``code`` runs another version of lensengine: a folder holding its ``lensengine`` package, put first on
+    ``PYTHONPATH`` (for the command and its workers).
     """
-    out = tmp / f"cands_w{workers}_{precision}_{store.stem}.fits"
+    out = tmp / f"cands_w{workers}_{precision}{'_cascade' if cascade else ''}{'_base' if code else ''}_{store.stem}.fits"
     cmd = [sys.executable, "-m", "lensengine.engine", "-q", "run", "--tiles", str(store), "--models", str(models_dir),
            "--out", str(out), "--scores", str(out.with_suffix("")) + "_scores", "--workers", str(workers),
            "--precision", precision, "--no-dashboard", "--restart", "--json"]
+    cmd += ["--cascade"] if cascade else []
+    cmd += ["--threshold", str(threshold)] if threshold is not None else []
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = None
+    if code is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     with PeakRSS(pid=proc.pid) as mem:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
@@ -113,9 +128,11 @@ def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr[-2000:]}")
     summary = json.loads(stdout)
     n = summary["n_cutouts"]
+    skipped = summary.get("flag_counts", {}).get("CASCADE_SKIPPED", 0)
     return {"cutouts": n, "wall_s": wall, "rate": n / wall, "scoring_s": summary["seconds"],
             "scoring_rate": n / summary["seconds"], "peak_rss_mb": mem.peak / 2**20,
-            "cpu_ms_per_cutout": 1e3 * mem.cpu_s / n}
+            "cpu_ms_per_cutout": 1e3 * mem.cpu_s / n, "candidates": summary["n_candidates"],
+            "pass_fraction": 1 - skipped / n}
 
 
 def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int = 2) -> dict:
@@ -180,6 +197,107 @@ def naive_baseline(models_dir: Path, n: int = 40) -> dict:
     return {"rate": n / (time.perf_counter() - t0), "cutouts_timed": n}
 
 
+def subset_store(source: Path, dest: Path, n: int) -> Path:
+    """The first ``n`` cutouts of ``source`` (its first tiles, truth columns kept) as a new store at ``dest``."""
+    src = SurveyStore.open(source)
+    out = SurveyStore.create(dest, survey=str(src.attrs.get("survey", "subset")), bands=src.bands,
+                             chunk_size=src.chunk_size, truth_columns=src.truth_columns, overwrite=True)
+    left = n
+    for tile in src.tiles:
+        for start, stop in src.chunk_slices(tile):
+            if left <= 0:
+                return dest
+            stop = min(stop, start + left)
+            out.append(tile, src.read(tile, start, stop))
+            left -= stop - start
+    if left > 0:
+        raise ValueError(f"store {source} holds fewer than {n} cutouts")
+    return dest
+
+
+def cascade_bound(models_dir: Path, per_model: dict[str, float], threshold: float, pass_fraction: float) -> float:
+    """The cascade's model-only bound (cutouts/s): its cheap networks on every cutout, the others on the share
+    ``pass_fraction`` that the run sent on (the split of ``cascade.json``, as the run makes it)."""
+    from lensengine.engine.cascade import plan_cascade
+    from lensengine.engine.ensemble import MeanEnsemble
+
+    entries = discover_models(models_dir)
+    cascade = plan_cascade(entries, MeanEnsemble(), threshold, models_dir)
+    seconds = sum(1 / per_model[m] for m in cascade.cheap) + pass_fraction * sum(1 / per_model[m]
+                                                                                 for m in cascade.expensive)
+    return 1 / seconds
+
+
+def overlap(args, tmp: Path) -> dict:
+    """Issue 13 item 4: ``lensengine run`` end to end against the model-only bound, side by side in one run.
+
+    Per store: the seven networks' model-only bound (before and after the runs: the load moves), then
+    ``lensengine run`` with 1 and 2 workers and with ``--cascade`` (1 worker) at ``--threshold``, each
+    ``--repeat`` times in turn; the cascade against its own bound (cheap networks on every cutout, the
+    expensive pair on the share it sent on) and against the full run.
+    """
+    stores = list(args.tiles)
+    for n in args.subset:
+        dest = tmp / f"subset_{n}.zarr"
+        if not dest.exists():
+            subset_store(args.source, dest, n)
+        stores.append(dest)
+    res: dict = {"cpu_count": os.cpu_count(), "threshold": args.threshold, "load_avg_start": os.getloadavg(),
+                 "stores": {}}
+    for store in stores:
+        before = model_only(args.models, 512, "fp32")
+        runs: dict[str, list] = {"w1": [], "w2": [], "cascade_w1": []}
+        if args.baseline:
+            runs.update(baseline_w1=[], baseline_cascade_w1=[])
+        for _ in range(args.repeat):
+            if args.baseline:
+                runs["baseline_w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold,
+                                                      code=args.baseline))
+                runs["baseline_cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True,
+                                                              threshold=args.threshold, code=args.baseline))
+            runs["w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold))
+            runs["w2"].append(end_to_end(store, args.models, 2, tmp, threshold=args.threshold))
+            runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True, threshold=args.threshold))
+        after = model_only(args.models, 512, "fp32")
+        bound = (before["rate"] + after["rate"]) / 2
+        per_model = {m: (before["per_model"][m] + after["per_model"][m]) / 2 for m in before["per_model"]}
+        entry: dict = {"bound": bound, "bound_before": before["rate"], "bound_after": after["rate"],
+                       "per_model": per_model}
+        for key, results in runs.items():
+            rate = float(np.mean([r["rate"] for r in results]))
+            entry[key] = {"rate": rate, "rates": [r["rate"] for r in results], "runs": results}
+        pass_fraction = float(np.mean([r["pass_fraction"] for r in runs["cascade_w1"]]))
+        entry["cascade_bound"] = cascade_bound(args.models, per_model, args.threshold, pass_fraction)
+        entry["cascade_pass_fraction"] = pass_fraction
+        res["stores"][str(store)] = entry
+    res["load_avg_end"] = os.getloadavg()
+
+    print(f"\nlensengine run end to end against the model-only bound: {os.cpu_count()} cores, threshold "
+          f"{args.threshold}, load {res['load_avg_start'][0]:.1f} -> {res['load_avg_end'][0]:.1f}, "
+          f"{args.repeat} run(s) each")
+    print(f"{'store':28s} {'cutouts':>7s} {'bound':>7s} {'1 worker':>15s} {'2 workers':>15s} "
+          f"{'cascade':>15s} {'cascade bound':>14s} {'cascade x full':>14s}")
+    for store, e in res["stores"].items():
+        n = e["w1"]["runs"][0]["cutouts"]
+        print(f"{Path(store).name:28s} {n:7d} {e['bound']:7.1f} "
+              f"{e['w1']['rate']:7.1f} ({e['w1']['rate'] / e['bound']:.2f}) "
+              f"{e['w2']['rate']:7.1f} ({e['w2']['rate'] / e['bound']:.2f}) "
+              f"{e['cascade_w1']['rate']:7.1f} ({e['cascade_w1']['rate'] / e['cascade_bound']:.2f}) "
+              f"{e['cascade_bound']:7.1f} ({100 * e['cascade_pass_fraction']:.1f} %) "
+              f"{e['cascade_w1']['rate'] / e['w1']['rate']:14.2f}")
+    print("(rates in cutouts/s over the whole command; in brackets: x its model-only bound; the bound is the "
+          "mean of the measurements before and after the runs)")
+    if args.baseline:
+        for store, e in res["stores"].items():
+            print(f"{Path(store).name}: baseline ({args.baseline}) 1 worker {e['baseline_w1']['rate']:.1f} "
+                  f"({e['baseline_w1']['rate'] / e['bound']:.2f} of the bound), --cascade "
+                  f"{e['baseline_cascade_w1']['rate']:.1f}; now x baseline: 1 worker "
+                  f"{e['w1']['rate'] / e['baseline_w1']['rate']:.2f}, cascade "
+                  f"{e['cascade_w1']['rate'] / e['baseline_cascade_w1']['rate']:.2f}, cascade x baseline full run "
+                  f"{e['cascade_w1']['rate'] / e['baseline_w1']['rate']:.2f}")
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, required=True, help="model directory (the seven ONNX models)")
@@ -187,9 +305,32 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--overlap", action="store_true",
+                    help="only the end-to-end runs against the bound (issue 13 item 4): 1 and 2 workers and "
+                         "--cascade, per store given by --tiles or --subset")
+    ap.add_argument("--tiles", type=Path, action="append", default=[], help="(--overlap) a store to run on")
+    ap.add_argument("--subset", type=int, action="append", default=[],
+                    help="(--overlap) run on the first N cutouts of --source (repeatable: several sizes)")
+    ap.add_argument("--source", type=Path, default=None, help="(--overlap) the store --subset takes cutouts from")
+    ap.add_argument("--threshold", type=float, default=0.770,
+                    help="(--overlap) the runs' --threshold (default: the sky FPR-1 %% threshold of the mean)")
+    ap.add_argument("--repeat", type=int, default=1, help="(--overlap) runs of each kind, in turn")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="(--overlap) also run another version (1 worker, full and --cascade) in turn with these: "
+                         "a folder holding its lensengine package, e.g. made from `git archive REV` by copying "
+                         "src/lensengine and linking engine, catalogs, plugins, training, models into it")
     args = ap.parse_args()
     tmp = args.workdir or Path(tempfile.mkdtemp(prefix="bench-engine-"))
     tmp.mkdir(parents=True, exist_ok=True)
+    if args.overlap:
+        if args.subset and args.source is None:
+            ap.error("--subset needs --source")
+        if not args.tiles and not args.subset:
+            ap.error("--overlap needs --tiles or --subset")
+        res = overlap(args, tmp)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1, default=float))
+        return
     big = tmp / f"bench_{args.n}.zarr"
     small = tmp / f"bench_{args.n // 10}.zarr"
     if not big.exists():

@@ -581,12 +581,15 @@ def execute_run(opts: RunOptions) -> RunSummary:
                 _check_finished(plan, parts, summary)
             stage = "scoring"
             t0 = time.perf_counter()
-            with _cluster(opts, parts, security) as (client, on_workers):
+            with _cluster(opts, parts, security) as (client, on_workers, release):
+                warming = None
                 if summary.n_resumed < plan.n_tasks:
-                    _score(opts, plan, parts, summary, t0, client, on_workers)
+                    warming = _score(opts, plan, parts, summary, t0, client, on_workers)
                 summary.seconds = time.perf_counter() - t0
+                if warming is not None:
+                    warming.join()
                 stage = f"merging the parts into {opts.scores} and {opts.out}"
-                _merge(opts, plan, parts, summary, client, on_workers)
+                _merge(opts, plan, parts, summary, client, on_workers, release)
         except (KeyboardInterrupt, RunFailed):
             raise
         except Exception as exc:  # noqa: BLE001 - any failure after work started is a failed job (exit 1)
@@ -711,20 +714,58 @@ def _cluster(opts: RunOptions, parts: PartsFolder, security):
         except OSError as exc:
             raise RunFailed(f"could not start or reach the Dask cluster ({opts.scheduler or 'local'}): {exc}") \
                 from exc
+        closing = _Closing(client, cluster)
         try:
             if opts.dashboard and client.dashboard_link:
                 log.info("Dask dashboard: %s", client.dashboard_link)
-            yield client, not opts.scheduler or _workers_share_parts(client, parts)
+            yield client, not opts.scheduler or _workers_share_parts(client, parts), closing.start
         finally:
-            _close(client, cluster)
+            closing.finish()
     finally:
         if scratch is not None:
             parts.remove_scratch()
 
 
+class _Closing:
+    """Shuts the run's client and local cluster down; in the background once the run no longer needs them.
+
+    Stopping a local cluster's workers takes about a second (each process frees its sessions and exits);
+    the merge calls :meth:`start` after its last task on the workers, so that second passes while the
+    client writes the catalogue.  :meth:`finish` (always called) waits for it, or closes now if nothing
+    started it, and raises what the close raised.
+    """
+
+    def __init__(self, client, cluster):
+        self.client, self.cluster = client, cluster
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._close, name="lensengine-close-cluster")
+            self.thread.start()
+
+    def _close(self) -> None:
+        try:
+            _close(self.client, self.cluster)
+        except BaseException as exc:  # noqa: BLE001 - raised by finish(), in the run's own thread
+            self.error = exc
+
+    def finish(self) -> None:
+        if self.thread is None:
+            _close(self.client, self.cluster)
+            return
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def _score(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummary, t0: float, client,
-           on_workers: bool) -> None:
-    """Score the unfinished tasks on Dask; each task's part is written (by its worker, see :func:`_cluster`)."""
+           on_workers: bool) -> threading.Thread:
+    """Score the unfinished tasks on Dask; each task's part is written (by its worker, see :func:`_cluster`).
+
+    Returns the thread loading the merge's modules meanwhile (:func:`_warm_merge`), for the merge to join.
+    """
     if opts.threads == 0 and not opts.scheduler:
         ncores = os.cpu_count() or 1
         plan.template = dataclasses.replace(plan.template, threads=max(1, ncores // max(1, opts.workers)))
@@ -747,9 +788,39 @@ def _score(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummar
             rate = summary.n_cutouts_now / max(time.perf_counter() - t0, 1e-9)
             bar.update(bar_id, advance=len(task), rate=rate)
 
+        warming = _warm_merge()
         run_tasks(client, todo, functools.partial(score_task, writer=writer) if on_workers else score_task,
                   finished, resources=resources, key=lambda t: f"score-{plan.run_id}-{t.tile}-{t.start}-{pid}",
                   label="scoring task")
+    return warming
+
+
+#: What the merge needs loaded in the client: astropy (the FITS catalogue) and pyarrow's conversion of text
+#: columns to NumPy (which loads pandas where it is installed).  About 2 s of imports on a 2-core machine.
+_MERGE_IMPORTS = ("astropy.table", "astropy.io.fits", "pyarrow.parquet")
+
+
+def _warm_merge() -> threading.Thread:
+    """Load what the merge needs in a background thread while the workers score, instead of after them.
+
+    Started once the client's own imports for scoring are done, so that its thread is not importing at
+    the same time; the merge joins it first.  A failure here is left for the merge to meet and report.
+    """
+    def load() -> None:
+        import importlib
+
+        try:
+            for name in _MERGE_IMPORTS:
+                importlib.import_module(name)
+            import pyarrow as pa
+
+            pa.chunked_array([pa.array(["x"])]).to_numpy(zero_copy_only=False)
+        except Exception as exc:  # noqa: BLE001 - only a head start; the merge imports and converts again
+            log.debug("could not load the merge's modules ahead of it: %s", exc)
+
+    thread = threading.Thread(target=load, name="lensengine-warm-merge", daemon=True)
+    thread.start()
+    return thread
 
 
 def explain_candidates(opts: RunOptions, store) -> Path:
@@ -792,8 +863,8 @@ def _providers(client, task: ChunkTask) -> dict:
     from lensengine.engine.sessions import session_provider
 
     m = task.models[0]
-    try:
-        return client.run(session_provider, str(m.path), task.device, task.threads)
+    try:  # under the model's name: the session its ONNX Runtime runner then takes from the cache
+        return client.run(session_provider, str(m.path), task.device, task.threads, m.name)
     except Exception as exc:  # noqa: BLE001 - reporting only; the tasks will raise the real error
         log.warning("could not query the workers' execution providers: %s", exc)
         return {}
@@ -915,15 +986,15 @@ def _batches(tasks: Iterable[RunTask], size: int) -> Iterator[_PartBatch]:
 
 
 def _merge(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummary, client=None,
-           on_workers: bool = False) -> None:
+           on_workers: bool = False, release: Callable[[], None] | None = None) -> None:
     """Check every part, count, collect the candidates, write the catalogue and commit the pair.
 
     One pass over the parts (:class:`PartChecker`: each part's identity, its tile, rows, run and
     object IDs against the store; its counts; its candidate rows) runs on the workers when they see
     the parts folder, else in the client; the candidates go to :class:`_Candidates` (bounded
-    memory).  Then the catalogue goes to a hidden temporary, the score table's ``_common_metadata``
-    (schema and provenance) beside the parts, and both outputs are committed together; on any
-    failure the temporary is removed and the parts stay.
+    memory).  Then ``release()`` (if given) lets the cluster shut down, the catalogue goes to a hidden
+    temporary, the score table's ``_common_metadata`` (schema and provenance) beside the parts, and both
+    outputs are committed together; on any failure the temporary is removed and the parts stay.
     """
     import pyarrow.parquet as pq
 
@@ -957,6 +1028,8 @@ def _merge(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummar
         else:
             for batch in batches:
                 checked_batch(batch, checker(batch))
+        if release is not None:  # the cluster's work is done: it shuts down while the catalogue is written
+            release()
         first = next(plan.tasks())
         schema = pq.read_schema(parts.part_path(first.tile, first.start))
         candidates.set_columns(schema)
