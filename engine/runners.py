@@ -467,13 +467,16 @@ def choose_runners(models, requested: str = "auto", device: str = "auto", calibr
 
 
 def measure(model, inputs, runners=None, *, batch: int = 32, threads: int = 0, repeats: int = 2,
-            min_seconds: float = 1.0) -> dict:
+            min_seconds: float = 1.0, extra: dict[str, Callable[[], Runner]] | None = None) -> dict:
     """Measure each runner on ``inputs`` (a model's prepared input): img/s and max |ΔP| against ort-fp32.
 
     Returns a calibration entry ``{"model", "sha256", "cpu", "n", "date", "runners": {name: {...}}}``.
     A runner that cannot run or fails is recorded with its reason (``error``)
     and no rate, so it is never chosen.  Timing: one warm-up call, then the
     best of ``repeats`` passes over ``inputs`` (each at least ``min_seconds``).
+    ``extra`` maps more names to functions that build a runner (candidate
+    recipes a benchmark compares in the same run; :func:`_auto_runner` ignores
+    names that are not runners, so they are never chosen).
     """
     import time
 
@@ -483,16 +486,18 @@ def measure(model, inputs, runners=None, *, batch: int = 32, threads: int = 0, r
     if REFERENCE in names:
         names.remove(REFERENCE)
     names.insert(0, REFERENCE)
+    extra = dict(extra or {})
+    names += [n for n in extra if n not in names]
     results: dict[str, dict] = {}
     reference = None
     for name in names:
-        problem = runner_problem(name, model, "cpu")
+        problem = None if name in extra else runner_problem(name, model, "cpu")
         if problem:
             results[name] = {"error": problem}
             continue
         try:
             t0 = time.perf_counter()
-            run = build_runner(model, name, "cpu", threads)
+            run = extra[name]() if name in extra else build_runner(model, name, "cpu", threads)
             run(np.ascontiguousarray(inputs[:batch]))  # warm-up (and compilation)
             setup = time.perf_counter() - t0
             best = float("inf")

@@ -118,6 +118,22 @@ def test_measure_refuses_a_runner_whose_scores_drift(shipped, simulated, monkeyp
     assert result["runners"][REFERENCE]["max_delta_p"] == 0.0 and result["cpu"] == runners.cpu_signature()
 
 
+def test_measured_candidates_beside_the_runners_are_never_chosen(shipped, simulated, monkeypatch):
+    """A benchmark's candidate (``extra``: say an int8 recipe) is measured in the same run, but only runners
+    can be chosen, however fast and correct a candidate measured."""
+    model, x = shipped["OU-J"], simulated["OU-J"]
+    ref = build_runner(model, REFERENCE, "cpu", 1)
+    result = measure(model, x, [REFERENCE], threads=1, repeats=1, min_seconds=0,
+                     extra={"int8:same": lambda: ref, "int8:off": lambda: (lambda a: np.clip(ref(a) + 0.03, 0, 1))})
+    got = result["runners"]
+    assert list(got) == [REFERENCE, "int8:same", "int8:off"]
+    assert got["int8:same"]["max_delta_p"] == 0.0 and got["int8:off"]["max_delta_p"] > MAX_DELTA_P
+    monkeypatch.setattr(runners, "runner_problem", lambda name, model=None, device="cpu": None)
+    got["int8:same"]["img_s"] = 100 * got[REFERENCE]["img_s"]  # even were it 100x faster
+    calibration = runners.calibration_entries([result])
+    assert choose_runners([model], "auto", "cpu", calibration) == {"OU-J": REFERENCE}
+
+
 # --- agreement with the reference on real simulated cutouts ----------------------------------
 
 _SLOW_COMPILE = "torch.compile spends 1-2 minutes compiling on a 2-core machine: set LENSENGINE_TEST_COMPILE=1"
