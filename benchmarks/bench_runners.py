@@ -157,27 +157,11 @@ def quantize_recipe(model, recipe: str, calib: np.ndarray, valid: np.ndarray, wo
     """
     out = workdir / f"{model.name}-{recipe}"
     if recipe in ORT_RECIPES:
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                              quantize_static)
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        class _Batches(CalibrationDataReader):
-            def __init__(self):
-                self._it = iter([{"cutout": calib[i:i + 32]} for i in range(0, len(calib), 32)])
-
-            def get_next(self):
-                return next(self._it, None)
+        from lensengine.engine.runners import quantize_qdq
 
         opts = dict(ORT_RECIPES[recipe])
-        pre = workdir / f"{model.name}.pre.onnx"
-        if not pre.is_file():
-            quant_pre_process(str(model.path), str(pre), skip_symbolic_shape=True)
-        excluded = _dense_ends(str(pre)) if opts.pop("ends", False) else []
-        quantize_static(str(pre), f"{out}.onnx", _Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=getattr(QuantType, opts.pop("activation_type", "QUInt8")),
-                        weight_type=getattr(QuantType, opts.pop("weight_type", "QInt8")),
-                        calibrate_method=getattr(CalibrationMethod, opts.pop("calibrate_method", "MinMax")),
-                        nodes_to_exclude=excluded, **opts)
+        ends = _dense_ends if opts.pop("ends", False) else ()
+        quantize_qdq(model.path, f"{out}.onnx", calib, batch=32, nodes_to_exclude=ends, **opts)
         return f"{out}.onnx"
     import nncf
     import openvino as ov

@@ -247,35 +247,54 @@ def quantized_model(model) -> Path:
     path = cache_dir() / "runners" / f"{sha[:20]}-int8-q{QUANT_VERSION}-ort{ort.__version__}.onnx"
     if path.is_file():
         return path
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from lensengine.engine.preprocess import Preprocessor
 
     bands = _synthetic_calibration_bands()
     n = len(next(iter(bands.values())))
     x = Preprocessor([model.as_spec()])({b: bands[b] for b in model.bands}, n).inputs[model.name]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".tmp-{os.getpid()}.onnx")
+    try:
+        quantize_qdq(model.path, tmp, x, batch=8)
+        os.replace(tmp, path)  # atomic: concurrent workers never see half a file
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("%s: int8 copy made at %s", model.name, path)
+    return path
+
+
+def quantize_qdq(src, dst, calibration, *, batch: int = 8, nodes_to_exclude=(), activation_type: str = "QUInt8",
+                 weight_type: str = "QInt8", calibrate_method: str = "MinMax", **options) -> None:
+    """Write ``src`` (ONNX) statically quantized to ``dst``: QDQ format, weights per output channel.
+
+    ``calibration`` is the prepared network input the activation ranges are taken from, ``batch`` rows at
+    a time; the type and method names are ONNX Runtime's (``QuantType``, ``CalibrationMethod``), and
+    ``options`` go to ``quantize_static`` as they are (``reduce_range``, ``extra_options``).  The engine's
+    int8 copy uses the defaults; ``benchmarks/bench_runners.py`` compares other recipes through the same call.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class _Batches(CalibrationDataReader):
         def __init__(self):
-            self._it = iter([{"cutout": x[i:i + 8]} for i in range(0, len(x), 8)])
+            self._it = iter([{"cutout": calibration[i:i + batch]} for i in range(0, len(calibration), batch)])
 
         def get_next(self):
             return next(self._it, None)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_pre = path.with_name(path.stem + f".pre-{os.getpid()}.onnx")
-    tmp = path.with_name(path.stem + f".tmp-{os.getpid()}.onnx")
+    dst = Path(dst)
+    pre = dst.with_name(dst.stem + f".pre-{os.getpid()}.onnx")
     try:
-        quant_pre_process(str(model.path), str(tmp_pre), skip_symbolic_shape=True)
-        quantize_static(str(tmp_pre), str(tmp), _Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        os.replace(tmp, path)  # atomic: concurrent workers never see half a file
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        excluded = list(nodes_to_exclude(str(pre))) if callable(nodes_to_exclude) else list(nodes_to_exclude)
+        quantize_static(str(pre), str(dst), _Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=getattr(QuantType, activation_type),
+                        weight_type=getattr(QuantType, weight_type),
+                        calibrate_method=getattr(CalibrationMethod, calibrate_method),
+                        nodes_to_exclude=excluded, **options)
     finally:
-        tmp_pre.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
-    log.info("%s: int8 copy made at %s", model.name, path)
-    return path
+        pre.unlink(missing_ok=True)
 
 
 def _ort_runner(path: str, model, device: str, threads: int) -> Runner:
