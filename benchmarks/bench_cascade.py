@@ -197,19 +197,6 @@ def sweep(args) -> dict:
 
 # --- speed ---------------------------------------------------------------------------------------------
 
-def _subset_store(src: Path, n: int, dst: Path) -> Path:
-    """The first ``n`` cutouts of ``src`` (realistic content) as a store of their own."""
-    from lensengine.catalogs.store import SurveyStore
-
-    s = SurveyStore.open(src)
-    tile = s.tiles[0]
-    batch = s.read(tile, 0, min(n, s.n_cutouts(tile)))
-    out = SurveyStore.create(dst, survey="cascade benchmark", chunk_size=min(s.chunk_size, 512),
-                             truth_columns=s.truth_columns, overwrite=True)
-    out.append(tile, batch)
-    return dst
-
-
 def _run(store: Path, models_dir: Path, tmp: Path, workers: int, threshold: float, cascade: bool) -> dict:
     from bench_engine import PeakRSS
 
@@ -248,7 +235,11 @@ def speed(args) -> dict:
     tmp.mkdir(parents=True, exist_ok=True)
     store = tmp / f"sky_{args.n}.zarr"
     if not store.exists():
-        _subset_store(args.store, args.n, store)
+        from bench_engine import subset_store
+
+        from lensengine.catalogs.store import SurveyStore
+
+        subset_store(args.store, store, args.n, chunk_size=min(SurveyStore.open(args.store).chunk_size, 512))
     res = {"n": args.n, "source": str(args.store), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
            "runs": []}
     previous = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}

@@ -197,11 +197,13 @@ def naive_baseline(models_dir: Path, n: int = 40) -> dict:
     return {"rate": n / (time.perf_counter() - t0), "cutouts_timed": n}
 
 
-def subset_store(source: Path, dest: Path, n: int) -> Path:
-    """The first ``n`` cutouts of ``source`` (its first tiles, truth columns kept) as a new store at ``dest``."""
+def subset_store(source: Path, dest: Path, n: int, chunk_size: int | None = None) -> Path:
+    """The first ``n`` cutouts of ``source`` (its first tiles, truth columns kept) as a new store at ``dest``,
+    in chunks of ``chunk_size`` (default: the source's)."""
     src = SurveyStore.open(source)
     out = SurveyStore.create(dest, survey=str(src.attrs.get("survey", "subset")), bands=src.bands,
-                             chunk_size=src.chunk_size, truth_columns=src.truth_columns, overwrite=True)
+                             chunk_size=chunk_size or src.chunk_size, truth_columns=src.truth_columns,
+                             overwrite=True)
     left = n
     for tile in src.tiles:
         for start, stop in src.chunk_slices(tile):
