@@ -63,6 +63,7 @@ from lensengine.engine.run_state import (
     remove_stale_temporaries,
 )
 from lensengine.engine.runners import runner_cards, runner_for, uses_torch_weights
+from lensengine.engine.arrow import column_to_numpy, empty_columns
 from lensengine.engine.cascade import plan_cascade
 from lensengine.engine.scoring import ChunkTask, open_store, row_schema, score_chunk
 
@@ -466,10 +467,11 @@ def _to_arrow(rows: dict[str, np.ndarray], schema):
     """
     import pyarrow as pa
 
+    from lensengine.engine.arrow import array_from_numpy
+
     arrays, fields = [], []
     for f in schema:
-        values = np.asarray(rows[f.name])
-        arrays.append(pa.array(values.astype(str) if pa.types.is_string(f.type) else values, type=f.type))
+        arrays.append(array_from_numpy(rows[f.name], f.type))
         fields.append(f.with_metadata(_field_metadata(f.name)))
     for key, values in rows.items():
         if key not in schema.names:
@@ -795,8 +797,9 @@ def _score(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummar
     return warming
 
 
-#: What the merge needs loaded in the client: astropy (the FITS catalogue) and pyarrow's conversion of text
-#: columns to NumPy (which loads pandas where it is installed).  About 2 s of imports on a 2-core machine.
+#: What the merge needs loaded in the client: astropy (the FITS catalogue) and pyarrow's Parquet reader.
+#: About 1 s of imports on a 2-core machine.  (pandas is not needed: Arrow columns are read with
+#: :mod:`lensengine.engine.arrow`, which does not load it.)
 _MERGE_IMPORTS = ("astropy.table", "astropy.io.fits", "pyarrow.parquet")
 
 
@@ -812,10 +815,7 @@ def _warm_merge() -> threading.Thread:
         try:
             for name in _MERGE_IMPORTS:
                 importlib.import_module(name)
-            import pyarrow as pa
-
-            pa.chunked_array([pa.array(["x"])]).to_numpy(zero_copy_only=False)
-        except Exception as exc:  # noqa: BLE001 - only a head start; the merge imports and converts again
+        except Exception as exc:  # noqa: BLE001 - only a head start; the merge imports again
             log.debug("could not load the merge's modules ahead of it: %s", exc)
 
     thread = threading.Thread(target=load, name="lensengine-warm-merge", daemon=True)
@@ -948,7 +948,7 @@ class PartChecker:
         return [self.check(task) for task in batch.tasks]
 
     def check(self, task: RunTask):
-        import pyarrow.parquet as pq
+        from lensengine.engine.arrow import read_parquet
 
         parts = PartsFolder(Path(self.folder))
         path = parts.part_path(task.tile, task.start)
@@ -963,9 +963,8 @@ class PartChecker:
             return None, tally, None
         with np.errstate(invalid="ignore"):
             keep = np.isfinite(score) & (score >= self.threshold)
-        table = pq.read_table(path, partitioning=None)
-        return None, tally, {name: table.column(name).to_numpy(zero_copy_only=False)[keep]
-                             for name in table.column_names}
+        table = read_parquet(path)
+        return None, tally, {name: column_to_numpy(table.column(name))[keep] for name in table.column_names}
 
 
 @dataclass(frozen=True)
@@ -1078,8 +1077,7 @@ class _Candidates:
 
     def set_columns(self, schema) -> None:
         """The score table's columns (a part's schema): what an empty catalogue is made from."""
-        table = schema.empty_table()
-        self.empty = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        self.empty = empty_columns(schema)
 
     def add(self, rows: dict[str, np.ndarray], seq: np.ndarray) -> None:
         """Take candidate rows; ``seq`` is their place in store order (they may arrive in any order)."""
@@ -1198,7 +1196,7 @@ def _merge_sorted(paths: list[Path], seq: str) -> Iterator[dict[str, np.ndarray]
 
     def load(i: int) -> None:
         batch = next(readers[i], None)
-        current[i] = None if batch is None else {name: batch.column(name).to_numpy(zero_copy_only=False)
+        current[i] = None if batch is None else {name: column_to_numpy(batch.column(name))
                                                  for name in batch.schema.names}
 
     for i in range(len(readers)):

@@ -436,11 +436,11 @@ class PartsFolder:
         and, given ``store_ids`` (a callable returning the store's hash for the range, read on demand
         so that nothing per task is kept in memory), the store's.  A copied, stale or garbage file fails.
         """
-        import pyarrow.parquet as pq
+        from lensengine.engine.arrow import column_to_numpy, read_parquet
 
         wanted = sorted({"TILE", "ROW", "OBJECT_ID", *columns})
         try:
-            table = pq.read_table(path, columns=wanted, partitioning=None)
+            table = read_parquet(path, columns=wanted)
             meta = json.loads((table.schema.metadata or {}).get(PART_META, b"{}"))
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
             return f"unreadable ({type(exc).__name__}: {exc})", {}
@@ -449,7 +449,7 @@ class PartsFolder:
             meta = meta if isinstance(meta, dict) else {}
             return (f"made for {meta.get('tile')!r} rows from {meta.get('start')} of run {meta.get('run')}, "
                     f"not this run's {identity['tile']!r} rows from {identity['start']}"), {}
-        cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in wanted}
+        cols = {name: column_to_numpy(table.column(name)) for name in wanted}
         rows = np.arange(identity["start"], identity["stop"], dtype=np.int64)
         if len(cols["ROW"]) != len(rows) or not np.array_equal(cols["ROW"], rows):
             return f"rows are not {identity['start']}..{identity['stop'] - 1}", {}
