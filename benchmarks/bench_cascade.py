@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from lensengine.engine.cascade import CASCADE_FILE, gate_scores, mean_bound, plan_cascade, validated_gate
-from lensengine.engine.ensemble import MeanEnsemble, TSNEEnsemble
+from lensengine.engine.ensemble import MeanEnsemble, ensemble_from_path
 from lensengine.engine.models import discover_models, file_sha256
 
 RESULTS = Path(__file__).with_name("results_cascade.json")
@@ -89,8 +89,7 @@ def load_scores(store: Path, models, args) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ensemble_scores(probs: np.ndarray, ensemble_path: Path | None) -> np.ndarray:
-    ens = MeanEnsemble() if ensemble_path is None else TSNEEnsemble(ensemble_path)
-    return np.asarray(ens.score(probs)[0], np.float64)
+    return np.asarray(ensemble_from_path(ensemble_path).score(probs)[0], np.float64)
 
 
 def _split(models, gate_file: Path | None):
@@ -130,23 +129,25 @@ def derive(args) -> dict:
         "validation": {"store": str(args.val_store), "cutouts": int(len(lens)), "lenses": int(lens.sum()),
                        "command": " ".join(["python", *sys.argv])},
     }
-    if args.ensemble:
-        score = ensemble_scores(probs, args.ensemble)
+    for path in args.ensemble or []:
+        name = ensemble_from_path(path).name
+        score = ensemble_scores(probs, path)
         gates = [validated_gate(cm, score, lens, t, args.margin) for t in TSNE_THRESHOLDS
                  if (lens & (score >= t)).any()]
-        spec["ensembles"]["OU-T-SNE"] = {
-            "rule": f"validated: at each threshold t, the lowest cheap mean of a validation lens OU-T-SNE scores "
+        spec["ensembles"][name] = {
+            "rule": f"validated: at each threshold t, the lowest cheap mean of a validation lens {name} scores "
                     f">= t, less a margin of {args.margin}",
-            "ensemble_file": Path(args.ensemble).name, "ensemble_sha256": file_sha256(args.ensemble),
+            "ensemble_file": Path(path).name, "ensemble_sha256": file_sha256(path),
             "gates": gates}
     Path(args.out).write_text(json.dumps(spec, indent=1) + "\n")
     print(f"wrote {args.out}")
     for row in check:
         print(f"  mean bound at t={row['threshold']}: gate {row['gate']:.4f}, validation lenses lost "
               f"{row['lenses_lost']}/{row['lenses_found']}, non-lenses passing {row['nonlens_pass_fraction']:.3f}")
-    for g in spec["ensembles"].get("OU-T-SNE", {}).get("gates", []):
-        print(f"  OU-T-SNE t={g['threshold']}: gate {g['gate']:.4f} (lowest found {g['lowest_found']:.4f}, "
-              f"{g['lenses_found']} lenses), non-lenses passing {g['nonlens_pass_fraction']:.3f}")
+    for name, entry in spec["ensembles"].items():
+        for g in entry["gates"]:
+            print(f"  {name} t={g['threshold']}: gate {g['gate']:.4f} (lowest found {g['lowest_found']:.4f}, "
+                  f"{g['lenses_found']} lenses), non-lenses passing {g['nonlens_pass_fraction']:.3f}")
     return {"derive": spec}
 
 
@@ -172,14 +173,14 @@ def sweep(args) -> dict:
     cm_l, cm_n = gate_scores(pl[:, cheap]), gate_scores(pn[:, cheap])
     out = {"lenses": int(len(pl)), "nonlenses": int(len(pn)), "cheap": list(cascade.cheap),
            "expensive": list(cascade.expensive), "rows": []}
-    ensembles = [("mean", None)] + ([("OU-T-SNE", args.ensemble)] if args.ensemble else [])
+    ensembles = [("mean", None)] + [(ensemble_from_path(p).name, p) for p in args.ensemble or []]
     for name, path in ensembles:
         sl, sn = ensemble_scores(pl, path), ensemble_scores(pn, path)
         order = np.sort(sn)[::-1]
         thresholds = {"default 0.5": 0.5}
         for fpr in (0.01, 0.001):  # a detection is strictly above the (k+1)-th highest non-lens score
             thresholds[f"non-lens FPR {fpr:g}"] = float(np.nextafter(order[int(fpr * len(sn))], 2))
-        ens = MeanEnsemble() if path is None else TSNEEnsemble(path)
+        ens = ensemble_from_path(path)
         for label, t in thresholds.items():
             try:
                 c = plan_cascade(models, ens, t, path=gate_file if Path(gate_file).is_file() else None)
@@ -295,13 +296,14 @@ def main() -> None:
                        help="LABEL[|ALT...][:MODEL,...] of tables in --scores-from (repeatable)")
     d = sub.choices["derive"]
     d.add_argument("--val-store", type=Path, required=True)
-    d.add_argument("--ensemble", type=Path, default=None, help="fitted OU-T-SNE to validate gates for")
+    d.add_argument("--ensemble", type=Path, action="append", default=None,
+                   help="fitted OU-T-SNE (.npz) or stack (.json) to validate gates for (repeatable)")
     d.add_argument("--margin", type=float, default=0.02)
     d.add_argument("--out", type=Path, required=True)
     s = sub.choices["sweep"]
     s.add_argument("--lenses", type=Path, required=True)
     s.add_argument("--negatives", type=Path, action="append", required=True)
-    s.add_argument("--ensemble", type=Path, default=None)
+    s.add_argument("--ensemble", type=Path, action="append", default=None, help="fitted ensembles (repeatable)")
     s.add_argument("--gates", type=Path, default=None, help=f"gate file [default: <models>/{CASCADE_FILE}]")
     v = sub.choices["speed"]
     v.add_argument("--store", type=Path, required=True, help="store of realistic non-lenses (its first --n cutouts)")

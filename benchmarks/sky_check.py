@@ -25,7 +25,8 @@ per-model columns of different files (a new OU-66 family with the published OU-2
 ``sets.json`` names each set's source label per model and its ensemble::
 
     {"published": {"models": {"OU-J": "pub", ..., "OU-200": "pub"}, "ensemble": "mean"},
-     "new": {"models": {...}, "ensemble": "tsne", "tsne": "models/ou_tsne.npz"}}
+     "new": {"models": {...}, "ensemble": "tsne", "tsne": "models/ou_tsne.npz"},
+     "stacked": {"models": {...}, "ensemble": "stack", "stack": "models/ou_stack.json"}}
 
 A label may be scored in parts (``pub66`` for the OU-66 family on some stores, ``pub200`` for the rest):
 a model's column is looked up under ``<label>``, then ``<label>66`` / ``<label>200``.  Store names are the
@@ -131,10 +132,11 @@ class Scores:
         return np.concatenate(found) if found else None
 
 
-def ensemble_scores(kind: str, probs: np.ndarray, tsne_path: str | None) -> np.ndarray:
-    from lensengine.engine.ensemble import MeanEnsemble, TSNEEnsemble
+def ensemble_scores(kind: str, probs: np.ndarray, path: str | None) -> np.ndarray:
+    """``kind`` "mean", or "tsne" / "stack" with the fitted file's ``path``."""
+    from lensengine.engine.ensemble import MeanEnsemble, StackEnsemble, TSNEEnsemble
 
-    scorer = TSNEEnsemble(tsne_path) if kind == "tsne" else MeanEnsemble()
+    scorer = {"tsne": TSNEEnsemble, "stack": StackEnsemble}[kind](path) if kind != "mean" else MeanEnsemble()
     return np.asarray(scorer.score(probs.astype(np.float32))[0], np.float64)
 
 
@@ -208,7 +210,7 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
         results[name] = {}
         for key in (*MODEL_NAMES, "ensemble"):
             if key == "ensemble":
-                pick = lambda p: ensemble_scores(cfg["ensemble"], p, cfg.get("tsne"))  # noqa: E731
+                pick = lambda p: ensemble_scores(cfg["ensemble"], p, cfg.get("tsne") or cfg.get("stack"))  # noqa: E731
                 sky_p, _ = scores.matrix(sky_stores)
                 sky = pick(sky_p)
             else:

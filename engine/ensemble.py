@@ -1,11 +1,19 @@
 """The ensemble score that ranks candidates.
 
-OU-T-SNE (SPEC §7, :mod:`lensengine.engine.ou_tsne`) combines the seven CNNs
-when a fitted model is available (``ou_tsne.npz`` next to the ONNX models, or
-``--ensemble PATH``) and the run scores all seven.  Otherwise the documented
-stand-in is the mean P(lens) of the models that could score the cutout: it is
-what the paper compares OU-T-SNE against, needs no fitting, and degrades
-gracefully when a band is bad for some models.
+Three ensembles combine the seven CNNs:
+
+* **OU-T-SNE** (SPEC §7, :mod:`lensengine.engine.ou_tsne`) when a fitted file
+  is given (``--ensemble ou_tsne.npz``) or lies next to the ONNX models;
+* the **stack** (:mod:`lensengine.engine.stack`), a logistic regression on the
+  networks' log-odds fitted on validation scores, when a fitted file is given
+  (``--ensemble ou_stack.json``) or lies next to the models (the shipped
+  default, ``models/ou_stack.json``);
+* otherwise, or with ``--ensemble mean``, the **mean** P(lens) of the models
+  that could score the cutout: what the paper compares OU-T-SNE against; it
+  needs no fitting and degrades gracefully when a band is bad for some models.
+
+OU-T-SNE and the stack need all seven scores of a row; a row that lacks one
+gets the mean of those it has, flagged ``PARTIAL_SCORES``.
 
 Each ensemble declares the extra columns it adds to every row (name and dtype)
 in ``columns``, so the score table's schema is known before any chunk is
@@ -26,9 +34,12 @@ from lensengine.engine.specs import MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Column", "MeanEnsemble", "TSNEEnsemble", "ensemble_class", "load_ensemble", "ENSEMBLE_FILE"]
+__all__ = ["Column", "MeanEnsemble", "TSNEEnsemble", "StackEnsemble", "ensemble_class", "ensemble_from_path",
+           "load_ensemble", "ENSEMBLE_FILE", "MEAN"]
 
 ENSEMBLE_FILE = "ou_tsne.npz"
+#: ``--ensemble mean``: the mean even where a fitted ensemble lies beside the models
+MEAN = "mean"
 
 
 class Column(NamedTuple):
@@ -84,19 +95,63 @@ class TSNEEnsemble:
         return score, extra, flags.astype(np.uint32)
 
 
+class StackEnsemble:
+    """The stacked ensemble (:mod:`lensengine.engine.stack`) on the seven P(lens); the mean stand-in where a model
+    could not score."""
+
+    name = "stack"
+    columns: tuple[Column, ...] = ()
+
+    def __init__(self, path: str | Path):
+        from lensengine.engine.stack import Stack
+
+        self.path = Path(path)
+        self.model = Stack.load(self.path)
+        if self.model.models != MODEL_NAMES:
+            raise ValueError(f"{self.path} was fitted for models {list(self.model.models)}, not the seven "
+                             f"{list(MODEL_NAMES)}")
+        self._mean = MeanEnsemble()
+
+    def score(self, probs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        mean, _, flags = self._mean.score(probs)
+        complete = np.isfinite(probs).all(axis=1)
+        score = mean.astype(np.float64)
+        if complete.any():
+            score[complete] = self.model.predict(probs[complete])
+        return score.astype(np.float32), {}, flags
+
+
+def _is_stack(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".json"
+
+
 def ensemble_class(path: str | Path | None):
-    """The class of the ensemble a run uses: OU-T-SNE for a fitted file's path, the mean for None."""
-    return MeanEnsemble if path is None else TSNEEnsemble
+    """The class of the ensemble a run uses: OU-T-SNE for an ``.npz``, the stack for a ``.json``, the mean for None."""
+    if path is None:
+        return MeanEnsemble
+    return StackEnsemble if _is_stack(path) else TSNEEnsemble
+
+
+def ensemble_from_path(path: str | Path | None):
+    """The ensemble of a fitted file's path (as :func:`ensemble_class`), the mean for None."""
+    return ensemble_class(path)() if path is None else ensemble_class(path)(path)
 
 
 def load_ensemble(model_names: list[str], models_dir: Path | None, path: str | Path | None = None):
-    """OU-T-SNE when a fitted model is given or found beside the models and all seven run; else the mean."""
-    if path is None and models_dir is not None and (Path(models_dir) / ENSEMBLE_FILE).is_file():
-        path = Path(models_dir) / ENSEMBLE_FILE
+    """The run's ensemble: ``path`` (a fitted OU-T-SNE ``.npz`` or stack ``.json``; ``"mean"`` for the mean), else
+    a fitted file beside the models (``ou_tsne.npz``, then ``ou_stack.json``) when all seven run, else the mean."""
+    from lensengine.engine.stack import STACK_FILE
+
+    if path is not None and str(path) == MEAN:
+        return MeanEnsemble()
+    if path is None and models_dir is not None:
+        path = next((Path(models_dir) / f for f in (ENSEMBLE_FILE, STACK_FILE) if (Path(models_dir) / f).is_file()),
+                    None)
     if path is None:
         return MeanEnsemble()
+    cls = ensemble_class(path)
     if tuple(model_names) != MODEL_NAMES:
-        log.warning("OU-T-SNE needs the seven models %s in order; this run has %s: using the mean",
+        log.warning("%s needs the seven models %s in order; this run has %s: using the mean", cls.name,
                     list(MODEL_NAMES), model_names)
         return MeanEnsemble()
-    return TSNEEnsemble(path)
+    return cls(path)

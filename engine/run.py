@@ -889,7 +889,7 @@ def _provenance(opts: RunOptions, plan: _Plan, summary: RunSummary) -> dict[str,
         "DATE-RUN": (_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC date of the run"),
         "SURVEY": (str(plan.store.attrs.get("survey", ""))[:60], "survey of the input store"),
         "THRESH": (float(opts.threshold), "candidate threshold on P_ENSEMBLE"),
-        "ENSEMBLE": (summary.ensemble, "ensemble score: OU-T-SNE or mean stand-in"),
+        "ENSEMBLE": (summary.ensemble, "ensemble score: OU-T-SNE, stack or mean"),
         **runner_cards(opts.precision, opts.models),  # PRECISN and RUNNER<i> (engine/runners.py)
         "RUNID": (plan.run_id, "run fingerprint (store, models, ensemble, options)"),
         **_cascade_cards(plan.template.cascade),

@@ -28,7 +28,8 @@ INTERRUPTED = "interrupted — resume with --resume"
 @models_dir_option()
 @model_names_option()
 @click.option("--ensemble", "ensemble_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Fitted OU-T-SNE (.npz) [default: ou_tsne.npz beside the models, else the mean of the models].")
+              help="Fitted OU-T-SNE (.npz) or stack (.json), or 'mean' [default: ou_tsne.npz, else ou_stack.json "
+                   "beside the models, else the mean of the models].")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Candidates are cutouts with ensemble score >= threshold.")
 @click.option("--scheduler", default=None,

@@ -56,7 +56,7 @@ class ChunkTask:
     device: str = "auto"
     threads: int = 0
     batch_size: int = 32
-    ensemble: str | None = None  # path of a fitted OU-T-SNE, None for the mean stand-in
+    ensemble: str | None = None  # path of a fitted OU-T-SNE (.npz) or stack (.json), None for the mean stand-in
     precision: str = "fp32"      # "fp32" (ONNX Runtime) or one a make_runner plugin answers ("bf16")
     cascade: Cascade | None = None  # --cascade: the gate (engine.cascade); None scores every model everywhere
 
@@ -151,9 +151,9 @@ def open_store(path: str):
 
 @lru_cache(maxsize=4)
 def _ensemble(path: str | None):
-    from lensengine.engine.ensemble import MeanEnsemble, TSNEEnsemble
+    from lensengine.engine.ensemble import ensemble_from_path
 
-    return MeanEnsemble() if path is None else TSNEEnsemble(path)
+    return ensemble_from_path(path)
 
 
 # --- the core -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Built-in plugin: the ``lensengine tsne`` commands (fit, plot, inspect) for OU-T-SNE.
+"""Built-in plugin: the fitted ensembles' commands: ``lensengine tsne`` (fit, plot, inspect) for OU-T-SNE and
+``lensengine stack fit`` for the stacked ensemble (:mod:`lensengine.engine.stack`).
 
 Registers through ``register_commands`` exactly as a third-party plugin would.
 Score tables are read with pyarrow: columns ``P_OU_J`` ... ``P_OU_200`` (one per
@@ -16,7 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from lensengine.engine.options import echo_json, json_option, needs_extra, require_modules
+from lensengine.engine.options import echo_json, json_option, models_dir_option, needs_extra, require_modules
 from lensengine.plugins import hookimpl
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,67 @@ def inspect_cmd(ctx: click.Context, model_path: Path, scores_path: Path, region:
         click.echo(f"wrote {path}")
 
 
+@click.group("stack")
+def stack_group() -> None:
+    """The stacked ensemble: one weight per network on its log-odds, fitted on labelled validation scores."""
+
+
+@stack_group.command("fit")
+@click.option("--scores", "scores_path", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Parquet score table of a labelled validation set (P_OU_* columns and TRUTH_LABEL), e.g. "
+                   "from `lensengine run --tiles val.zarr`; not the sets you judge the ensemble on.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write (.json); `ou_stack.json` beside the models makes it their default ensemble.")
+@models_dir_option(extra_help="The models that scored the table: their SHA-256 are recorded in the file.")
+@click.option("--c", "C", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Inverse L2 regularisation strength of the logistic regression.")
+@json_option(help="Print the weights and the fit's size as JSON on stdout.")
+def stack_fit_cmd(scores_path: Path, out_path: Path, models_dir: Path | None, C: float, as_json: bool) -> None:
+    """Fit the stacked ensemble on a labelled validation score table and save it.
+
+    P_ENSEMBLE = 1 / (1 + exp(-(b + sum_i w_i logit(P_i)))), one weight per network, fitted by L2-regularised
+    logistic regression (docs/ou-tsne.md, "The stacked ensemble").
+
+    Example: lensengine stack fit --scores val_scores.parquet --models models --out models/ou_stack.json
+    """
+    from lensengine.engine.specs import MODEL_NAMES
+    from lensengine.engine.stack import Stack
+
+    P, other, finite = read_score_matrix(scores_path, (LABEL_COLUMN,), require=(LABEL_COLUMN,))
+    y = np.asarray(other[LABEL_COLUMN])
+    n_bad = int((~finite).sum())
+    if n_bad:
+        click.echo(f"skipping {n_bad} of {len(P)} rows with missing (NaN) scores", err=True)
+    P, y = P[finite], y[finite]
+    if not np.isin(y, (0, 1)).all():
+        raise click.UsageError(f"{LABEL_COLUMN} must be 0 or 1; found {np.unique(y)[:10].tolist()}")
+    from lensengine.engine.models import default_models_dir, discover_models
+
+    models_dir = models_dir or default_models_dir()
+    try:
+        found = {m.name: m.sha256 for m in discover_models(models_dir)}
+    except Exception as exc:  # noqa: BLE001 - a missing folder or a broken model file: say which
+        raise click.UsageError(f"--models {models_dir}: {exc}")
+    missing = [n for n in MODEL_NAMES if n not in found]
+    if missing:
+        raise click.UsageError(f"--models {models_dir} lacks {', '.join(missing)}")
+    meta = {"fitted_on": str(scores_path), "models_sha256": {n: found[n] for n in MODEL_NAMES}}
+    try:
+        stack = Stack.fit(P, y, MODEL_NAMES, C=C, meta=meta)
+    except ValueError as exc:
+        raise click.UsageError(f"{scores_path}: {exc}")
+    out = stack.save(out_path)
+    weights = dict(zip(MODEL_NAMES, (round(float(w), 4) for w in stack.coef)))
+    if as_json:
+        echo_json({"objects": len(P), "lenses": int(y.sum()), "weights": weights,
+                   "intercept": round(stack.intercept, 4), "written": [str(out)]})
+        return
+    click.echo(f"fitted on {len(P)} objects ({int(y.sum())} lenses); intercept {stack.intercept:.3f}; weights "
+               + ", ".join(f"{k} {v:+.3f}" for k, v in weights.items()))
+    click.echo(f"wrote {out}")
+
+
 @hookimpl
 def register_commands(cli):
     cli.add_command(tsne_group)
+    cli.add_command(stack_group)
