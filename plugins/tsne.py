@@ -61,6 +61,22 @@ def read_score_matrix(path: Path, extra: tuple[str, ...] = (), require: tuple[st
     return P, other, np.isfinite(P).all(axis=1)
 
 
+def read_labelled_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, y)``: the seven scores and ``TRUTH_LABEL`` (0/1) of the rows whose scores are all finite (a fit's input).
+
+    Says on stderr how many rows were skipped for a missing score; a label other than 0/1 is a usage error.
+    """
+    P, other, finite = read_score_matrix(path, (LABEL_COLUMN,), require=(LABEL_COLUMN,))
+    y = np.asarray(other[LABEL_COLUMN])
+    n_bad = int((~finite).sum())
+    if n_bad:
+        click.echo(f"skipping {n_bad} of {len(P)} rows with missing (NaN) scores", err=True)
+    P, y = P[finite], y[finite]
+    if not np.isin(y, (0, 1)).all():
+        raise click.UsageError(f"{LABEL_COLUMN} must be 0 or 1; found {np.unique(y)[:10].tolist()}")
+    return P, y
+
+
 def _parse_region(text: str) -> tuple[float, float, float, float]:
     try:
         x0, x1, y0, y1 = (float(v) for v in text.split(","))
@@ -114,14 +130,7 @@ def fit_cmd(ctx: click.Context, scores_path: Path, out_path: Path, grid_size: in
 
     if plot_path is not None:
         require_modules(ctx, "matplotlib")  # before the fit, not after it
-    P, other, finite = read_score_matrix(scores_path, (LABEL_COLUMN,), require=(LABEL_COLUMN,))
-    y = np.asarray(other[LABEL_COLUMN])
-    n_bad = int((~finite).sum())
-    if n_bad:
-        click.echo(f"skipping {n_bad} of {len(P)} rows with missing (NaN) scores", err=True)
-    P, y = P[finite], y[finite]
-    if not np.isin(y, (0, 1)).all():
-        raise click.UsageError(f"{LABEL_COLUMN} must be 0 or 1; found {np.unique(y)[:10].tolist()}")
+    P, y = read_labelled_scores(scores_path)
     if len(P) < 4:
         raise click.UsageError(f"{scores_path} has {len(P)} usable rows; OU-T-SNE needs at least 4")
     model = OUTSNE(grid_size=grid_size, perplexity=perplexity, smoothing=smoothing, prior_weight=prior_weight,
@@ -266,14 +275,7 @@ def stack_fit_cmd(scores_path: Path, out_path: Path, models_dir: Path | None, C:
     from lensengine.engine.specs import MODEL_NAMES
     from lensengine.engine.stack import Stack
 
-    P, other, finite = read_score_matrix(scores_path, (LABEL_COLUMN,), require=(LABEL_COLUMN,))
-    y = np.asarray(other[LABEL_COLUMN])
-    n_bad = int((~finite).sum())
-    if n_bad:
-        click.echo(f"skipping {n_bad} of {len(P)} rows with missing (NaN) scores", err=True)
-    P, y = P[finite], y[finite]
-    if not np.isin(y, (0, 1)).all():
-        raise click.UsageError(f"{LABEL_COLUMN} must be 0 or 1; found {np.unique(y)[:10].tolist()}")
+    P, y = read_labelled_scores(scores_path)
     from lensengine.engine.models import default_models_dir, discover_models
 
     models_dir = models_dir or default_models_dir()
