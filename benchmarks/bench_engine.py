@@ -111,21 +111,26 @@ def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision
     ``PYTHONPATH`` (for the command and its workers).
     """
     out = tmp / f"cands_w{workers}_{precision}{'_cascade' if cascade else ''}{'_base' if code else ''}_{store.stem}.fits"
-    cmd = [sys.executable, "-m", "lensengine.engine", "-q", "run", "--tiles", str(store), "--models", str(models_dir),
-           "--out", str(out), "--scores", str(out.with_suffix("")) + "_scores", "--workers", str(workers),
-           "--precision", precision, "--no-dashboard", "--restart", "--json"]
-    cmd += ["--cascade"] if cascade else []
-    cmd += ["--threshold", str(threshold)] if threshold is not None else []
-    t0 = time.perf_counter()
     env = None
     if code is not None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    as_json = "--json" in run_options(code)  # an older version may lack it: then its rate is n / wall
+    cmd = [sys.executable, "-m", "lensengine.engine", "-q", "run", "--tiles", str(store), "--models", str(models_dir),
+           "--out", str(out), "--scores", str(out.with_suffix("")) + "_scores", "--workers", str(workers),
+           "--precision", precision, "--no-dashboard", "--restart"] + (["--json"] if as_json else [])
+    cmd += ["--cascade"] if cascade else []
+    cmd += ["--threshold", str(threshold)] if threshold is not None else []
+    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     with PeakRSS(pid=proc.pid) as mem:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr[-2000:]}")
+    if not as_json:
+        n = SurveyStore.open(store).total_cutouts()
+        return {"cutouts": n, "wall_s": wall, "rate": n / wall, "peak_rss_mb": mem.peak / 2**20,
+                "cpu_ms_per_cutout": 1e3 * mem.cpu_s / n, "pass_fraction": 1.0}
     summary = json.loads(stdout)
     n = summary["n_cutouts"]
     skipped = summary.get("flag_counts", {}).get("CASCADE_SKIPPED", 0)
@@ -133,6 +138,18 @@ def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision
             "scoring_rate": n / summary["seconds"], "peak_rss_mb": mem.peak / 2**20,
             "cpu_ms_per_cutout": 1e3 * mem.cpu_s / n, "candidates": summary["n_candidates"],
             "pass_fraction": 1 - skipped / n}
+
+
+_OPTIONS: dict = {}
+
+
+def run_options(code: Path | None) -> str:
+    """``lensengine run --help`` of this version, or of the one in ``code`` (what options it has)."""
+    if code not in _OPTIONS:
+        env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
+        _OPTIONS[code] = subprocess.run([sys.executable, "-m", "lensengine.engine", "run", "--help"], env=env,
+                                        capture_output=True, text=True).stdout
+    return _OPTIONS[code]
 
 
 def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int = 2) -> dict:
@@ -255,8 +272,9 @@ def overlap(args, tmp: Path) -> dict:
             if args.baseline:
                 runs["baseline_w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold,
                                                       code=args.baseline))
-                runs["baseline_cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True,
-                                                              threshold=args.threshold, code=args.baseline))
+                if "--cascade" in run_options(args.baseline):  # a version from before the cascade has none
+                    runs["baseline_cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True,
+                                                                  threshold=args.threshold, code=args.baseline))
             runs["w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold))
             runs["w2"].append(end_to_end(store, args.models, 2, tmp, threshold=args.threshold))
             runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True, threshold=args.threshold))
@@ -266,6 +284,8 @@ def overlap(args, tmp: Path) -> dict:
         entry: dict = {"bound": bound, "bound_before": before["rate"], "bound_after": after["rate"],
                        "per_model": per_model}
         for key, results in runs.items():
+            if not results:  # the baseline's cascade, for a version without one
+                continue
             rate = float(np.mean([r["rate"] for r in results]))
             entry[key] = {"rate": rate, "rates": [r["rate"] for r in results], "runs": results}
         pass_fraction = float(np.mean([r["pass_fraction"] for r in runs["cascade_w1"]]))
@@ -291,12 +311,13 @@ def overlap(args, tmp: Path) -> dict:
           "mean of the measurements before and after the runs)")
     if args.baseline:
         for store, e in res["stores"].items():
+            base_cascade = e.get("baseline_cascade_w1")
             print(f"{Path(store).name}: baseline ({args.baseline}) 1 worker {e['baseline_w1']['rate']:.1f} "
-                  f"({e['baseline_w1']['rate'] / e['bound']:.2f} of the bound), --cascade "
-                  f"{e['baseline_cascade_w1']['rate']:.1f}; now x baseline: 1 worker "
-                  f"{e['w1']['rate'] / e['baseline_w1']['rate']:.2f}, cascade "
-                  f"{e['cascade_w1']['rate'] / e['baseline_cascade_w1']['rate']:.2f}, cascade x baseline full run "
-                  f"{e['cascade_w1']['rate'] / e['baseline_w1']['rate']:.2f}")
+                  f"({e['baseline_w1']['rate'] / e['bound']:.2f} of the bound)"
+                  + (f", --cascade {base_cascade['rate']:.1f}" if base_cascade else ", no --cascade")
+                  + f"; now x baseline: 1 worker {e['w1']['rate'] / e['baseline_w1']['rate']:.2f}"
+                  + (f", cascade {e['cascade_w1']['rate'] / base_cascade['rate']:.2f}" if base_cascade else "")
+                  + f", cascade x baseline full run {e['cascade_w1']['rate'] / e['baseline_w1']['rate']:.2f}")
     return res
 
 
