@@ -101,14 +101,15 @@ class PeakRSS:
 
 
 def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision: str = "fp32",
-               cascade: bool = False, threshold: float | None = None, code: Path | None = None) -> dict:
+               cascade: bool = False, threshold: float | None = None, code: Path | None = None,
+               ensemble: str | None = None) -> dict:
     """``lensengine run`` as a user runs it, in its own process: rate and the peak RSS of it and its workers.
 
     ``rate`` is over the whole command (interpreter start, cluster start, scoring, merge); ``scoring_rate``
     over the run's scoring stage (cluster start included, final merge not), from its ``--json`` summary.
     ``cascade`` adds ``--cascade``; ``pass_fraction`` is then the share of cutouts sent on past its gate.
     ``code`` runs another version of lensengine: a folder holding its ``lensengine`` package, put first on
-    ``PYTHONPATH`` (for the command and its workers).
+    ``PYTHONPATH`` (for the command and its workers).  ``ensemble`` is passed as ``--ensemble``.
     """
     out = tmp / f"cands_w{workers}_{precision}{'_cascade' if cascade else ''}{'_base' if code else ''}_{store.stem}.fits"
     env = None
@@ -120,6 +121,7 @@ def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision
            "--precision", precision, "--no-dashboard", "--restart"] + (["--json"] if as_json else [])
     cmd += ["--cascade"] if cascade else []
     cmd += ["--threshold", str(threshold)] if threshold is not None else []
+    cmd += ["--ensemble", ensemble] if ensemble is not None else []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     with PeakRSS(pid=proc.pid) as mem:
@@ -275,9 +277,11 @@ def overlap(args, tmp: Path) -> dict:
                 if "--cascade" in run_options(args.baseline):  # a version from before the cascade has none
                     runs["baseline_cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True,
                                                                   threshold=args.threshold, code=args.baseline))
-            runs["w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold))
-            runs["w2"].append(end_to_end(store, args.models, 2, tmp, threshold=args.threshold))
-            runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True, threshold=args.threshold))
+            ens = args.ensemble
+            runs["w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold, ensemble=ens))
+            runs["w2"].append(end_to_end(store, args.models, 2, tmp, threshold=args.threshold, ensemble=ens))
+            runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True, threshold=args.threshold,
+                                                 ensemble=ens))
         after = model_only(args.models, 512, "fp32")
         bound = (before["rate"] + after["rate"]) / 2
         per_model = {m: (before["per_model"][m] + after["per_model"][m]) / 2 for m in before["per_model"]}
@@ -338,6 +342,9 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.770,
                     help="(--overlap) the runs' --threshold (default: the sky FPR-1 %% threshold of the mean)")
     ap.add_argument("--repeat", type=int, default=1, help="(--overlap) runs of each kind, in turn")
+    ap.add_argument("--ensemble", default=None,
+                    help="(--overlap) the runs' --ensemble, e.g. mean: the cascade's lossless bound needs the mean "
+                         "(the baseline runs its own default)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="(--overlap) also run another version (1 worker, full and --cascade) in turn with these: "
                          "a folder holding its lensengine package, e.g. made from `git archive REV` by copying "

@@ -12,13 +12,13 @@ whose cheap scores are incomplete (a bad band, a refused output) always goes on.
 
 How the gate is set depends on the ensemble:
 
-* **mean** (the default ensemble): the gate is a bound, not a fit.  With ``M``
+* **mean** (``--ensemble mean``): the gate is a bound, not a fit.  With ``M``
   cheap and ``K`` expensive networks, each P(lens) at most 1, a cutout whose
   cheap mean is below ``(N t - K) / M`` (``N = M + K``) cannot reach a mean of
   ``t`` over all ``N``; so at the run's threshold ``t`` the candidate catalogue
   is exactly the full run's.  (If an expensive network refuses its output the
   mean is over fewer networks, and the bound still holds for any ``t < 1``.)
-* **OU-T-SNE** (or any other ensemble): no bound exists, so the gate is chosen
+* **OU-T-SNE, the stack** (the shipped default) or any other ensemble: no bound exists, so the gate is chosen
   on validation data for each threshold -- the lowest gate score of a
   validation lens the full ensemble finds, less a safety margin -- and shipped
   in ``cascade.json`` beside the models, with how it was chosen.  A run uses

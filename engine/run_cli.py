@@ -74,7 +74,8 @@ INTERRUPTED = "interrupted — resume with --resume"
               help="Run the 66-px networks on every cutout and the 200-px ones (OU-VIS, OU-200) and the ensemble "
                    "only where the cheap networks' mean P(lens) reaches a gate (models/cascade.json; for the mean "
                    "ensemble the gate is the bound below which no cutout can reach --threshold, so the catalogue "
-                   "is the full run's). Skipped cutouts stay in the score table, flagged CASCADE_SKIPPED, with "
+                   "is the full run's; the shipped stack's validated gates pass most cutouts, so add --ensemble "
+                   "mean for speed). Skipped cutouts stay in the score table, flagged CASCADE_SKIPPED, with "
                    "NaN 200-px and ensemble scores. Opt-in: docs/performance.md.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run with the same outputs: keep its checked finished chunks.")
