@@ -134,7 +134,7 @@ def ensemble_class(path: str | Path | None):
 
 def ensemble_from_path(path: str | Path | None):
     """The ensemble of a fitted file's path (as :func:`ensemble_class`), the mean for None."""
-    return ensemble_class(path)() if path is None else ensemble_class(path)(path)
+    return MeanEnsemble() if path is None else ensemble_class(path)(path)
 
 
 def load_ensemble(model_names: list[str], models_dir: Path | None, path: str | Path | None = None):

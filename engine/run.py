@@ -50,6 +50,7 @@ import numpy as np
 
 from lensengine import __version__
 from lensengine.catalogs.store import location_key
+from lensengine.engine.arrow import array_from_numpy, column_to_numpy, empty_columns, read_parquet
 from lensengine.engine.models import ContractError, ModelEntry, check_bands_available, file_sha256
 from lensengine.engine.run_state import (
     COMMON_METADATA,
@@ -63,7 +64,6 @@ from lensengine.engine.run_state import (
     remove_stale_temporaries,
 )
 from lensengine.engine.runners import runner_cards, runner_for, uses_torch_weights
-from lensengine.engine.arrow import column_to_numpy, empty_columns
 from lensengine.engine.cascade import plan_cascade
 from lensengine.engine.scoring import ChunkTask, open_store, row_schema, score_chunk
 
@@ -466,8 +466,6 @@ def _to_arrow(rows: dict[str, np.ndarray], schema):
     The parts are the score table's files, so each field carries its description and unit.
     """
     import pyarrow as pa
-
-    from lensengine.engine.arrow import array_from_numpy
 
     arrays, fields = [], []
     for f in schema:
@@ -948,8 +946,6 @@ class PartChecker:
         return [self.check(task) for task in batch.tasks]
 
     def check(self, task: RunTask):
-        from lensengine.engine.arrow import read_parquet
-
         parts = PartsFolder(Path(self.folder))
         path = parts.part_path(task.tile, task.start)
         identity = {"tile": task.tile, "start": task.start, "stop": task.stop, "run": self.run_id}

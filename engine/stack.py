@@ -85,7 +85,7 @@ class Stack:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         doc = {"kind": KIND, "models": list(self.models), "coef": [float(c) for c in self.coef],
-               "intercept": float(self.intercept), "clip": CLIP, **{k: v for k, v in self.meta.items()}}
+               "intercept": float(self.intercept), "clip": CLIP, **self.meta}
         path.write_text(json.dumps(doc, indent=1) + "\n")
         return path
 
