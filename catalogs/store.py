@@ -26,6 +26,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,10 @@ class SurveyStore:
         self._keepbits = layout.parse_codec(self.codec)[1]
         self._tile_groups: dict = {}  # tile -> zarr group, metadata read once (a snapshot in "r" mode)
         self._array_cache: dict = {}  # (tile, array) -> zarr array, read-only mode only
+        # the small columns (IDs, positions, flags, truth) of the chunk read last, read-only mode only: they are
+        # stored one chunk per file, so a piece of a chunk would otherwise decode the whole file again
+        self._small_cache: tuple | None = None  # ((tile, index, stop), {name: chunk rows})
+        self._small_lock = threading.Lock()
 
     # --- creation and opening -------------------------------------------------
 
@@ -447,24 +452,51 @@ class SurveyStore:
         # zarr reads a missing chunk as fill values, which must not pass for data: check the chunk files
         # exist.  On a disk that is cheap, before reading; at a URL each check is a request, so only the
         # arrays whose piece came back all fill values are checked, after reading.
+        images = [name for name in self._arrays() if name in layout.IMAGE_SHAPES]
+        small = [name for name in self._arrays() if name not in layout.IMAGE_SHAPES]
+        first = index * self.chunk_size
+        cached = self.mode == "r" and first <= start < stop  # a piece of one committed chunk, read-only
+        if cached:
+            rows = self._small_columns(tile, index, min(first + self.chunk_size, self.n_cutouts(tile)), small)
+            data = {name: rows[name][start - first:stop - first].copy() for name in small}  # callers may write
+        else:
+            data = self._read_arrays(tile, index, start, stop, small)
+        data.update(self._read_arrays(tile, index, start, stop, images))
+        truth = {}
+        for name, dtype in self.truth_columns.items():
+            col = data[f"truth/{name}"]
+            truth[name] = col if cached or dtype != "str" else np.asarray(col.tolist(), dtype=str)
+        return CutoutBatch(object_id=data["object_id"], ra=data["ra"], dec=data["dec"], vis=data.get("vis"),
+                           nisp=data.get("nisp"), flags=data["flags"], truth=truth, held=self.bands)
+
+    def _read_arrays(self, tile: str, index: int, start: int, stop: int, names: list[str]) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` of the named arrays, all within chunk ``index``; :class:`ChunkReadError` if not read."""
         remote = self.location.local is None
         if not remote:
-            self._check_chunk_files(tile, index, start, stop, self._arrays())
+            self._check_chunk_files(tile, index, start, stop, names)
         data = {}
-        for name in self._arrays():
+        for name in names:
             try:
                 data[name] = self._array(tile, name)[start:stop]
             except Exception as exc:  # noqa: BLE001 - any decoding failure of one chunk must not stop a run
                 raise ChunkReadError(tile, index, f"array {name!r}: {type(exc).__name__}: {exc}") from exc
         if remote:
             self._check_chunk_files(tile, index, start, stop, [
-                name for name in self._arrays() if _all_fill(data[name], self._array(tile, name).fill_value)])
-        truth = {}
-        for name, dtype in self.truth_columns.items():
-            col = data[f"truth/{name}"]
-            truth[name] = np.asarray(col.tolist(), dtype=str) if dtype == "str" else col
-        return CutoutBatch(object_id=data["object_id"], ra=data["ra"], dec=data["dec"], vis=data.get("vis"),
-                           nisp=data.get("nisp"), flags=data["flags"], truth=truth, held=self.bands)
+                name for name in names if _all_fill(data[name], self._array(tile, name).fill_value)])
+        return data
+
+    def _small_columns(self, tile: str, index: int, stop: int, names: list[str]) -> dict[str, np.ndarray]:
+        """The small columns of a chunk's committed rows (up to ``stop``), decoded once for all its pieces."""
+        key = (tile, index, stop)
+        with self._small_lock:
+            if self._small_cache is not None and self._small_cache[0] == key:
+                return self._small_cache[1]
+            rows = self._read_arrays(tile, index, index * self.chunk_size, stop, names)
+            for name, dtype in self.truth_columns.items():
+                if dtype == "str":
+                    rows[f"truth/{name}"] = np.asarray(rows[f"truth/{name}"].tolist(), dtype=str)
+            self._small_cache = (key, rows)
+            return rows
 
     def _check_chunk_files(self, tile: str, index: int, start: int, stop: int, names) -> None:
         for name in names:

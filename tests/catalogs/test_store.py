@@ -139,3 +139,38 @@ def test_corrupt_chunk_raises_chunk_read_error(small_store):
     (store.path / "tiles" / "t0" / "flags" / "c" / "2").unlink()
     with pytest.raises(ChunkReadError, match="missing"):
         store.read_chunk("t0", 2)
+
+
+def test_pieces_of_a_chunk_decode_its_small_columns_once(small_store, monkeypatch):
+    """Reading a chunk piece by piece gives what one read gives, decoding IDs, flags and truth once per chunk."""
+    written, expected = small_store
+    store = SurveyStore.open(written.path)
+    decoded = []
+    read_arrays = store._read_arrays
+    monkeypatch.setattr(store, "_read_arrays", lambda tile, index, a, b, names: (
+        decoded.extend((index, a, b, n) for n in names if n == "object_id"), read_arrays(tile, index, a, b, names))[1])
+    pieces = [store.read("t0", a, min(a + 5, 40)) for a in range(0, 40, 5)]  # pieces within chunks of 16
+    got = CutoutBatch.concatenate([store.read("t0", a, b) for a, b in [(0, 16), (16, 32), (32, 40)]])
+    joined = CutoutBatch.concatenate(pieces)
+    for batch in (joined, got):
+        np.testing.assert_array_equal(batch.object_id, expected.object_id)
+        np.testing.assert_array_equal(batch.vis, expected.vis)
+        np.testing.assert_array_equal(batch.flags, expected.flags)
+        for name, values in expected.truth.items():
+            np.testing.assert_array_equal(batch.truth[name], values)
+        assert batch.truth["kind"].dtype.kind == "U"
+    # the small columns: chunks 0, 1, 2 once for the pieces (whole committed chunk), then 0, 1, 2 again
+    # as the last chunk read was 2; images are read per piece
+    assert [d[:3] for d in decoded] == [(0, 0, 16), (1, 16, 32), (2, 32, 40), (0, 0, 16), (1, 16, 32), (2, 32, 40)]
+    pieces[0].flags[:] = 7  # a piece is the caller's own copy
+    assert not store.read("t0", 0, 5).flags.any()
+
+
+def test_corrupt_small_column_fails_every_piece_of_its_chunk(small_store):
+    store, _ = small_store
+    store = SurveyStore.open(store.path)
+    (store.path / "tiles" / "t0" / "truth" / "label" / "c" / "1").write_bytes(b"garbage" * 10)
+    for a in (16, 24):
+        with pytest.raises(ChunkReadError, match="label"):
+            store.read("t0", a, a + 8)
+    assert len(store.read("t0", 32, 40)) == 8  # the next chunk still reads
