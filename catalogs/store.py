@@ -449,9 +449,6 @@ class SurveyStore:
         return CutoutBatch.concatenate(pieces)
 
     def _read_piece(self, tile: str, index: int, start: int, stop: int) -> CutoutBatch:
-        # zarr reads a missing chunk as fill values, which must not pass for data: check the chunk files
-        # exist.  On a disk that is cheap, before reading; at a URL each check is a request, so only the
-        # arrays whose piece came back all fill values are checked, after reading.
         images = [name for name in self._arrays() if name in layout.IMAGE_SHAPES]
         small = [name for name in self._arrays() if name not in layout.IMAGE_SHAPES]
         first = index * self.chunk_size
@@ -471,6 +468,9 @@ class SurveyStore:
 
     def _read_arrays(self, tile: str, index: int, start: int, stop: int, names: list[str]) -> dict[str, np.ndarray]:
         """Rows ``[start, stop)`` of the named arrays, all within chunk ``index``; :class:`ChunkReadError` if not read."""
+        # zarr reads a missing chunk as fill values, which must not pass for data: check the chunk files
+        # exist.  On a disk that is cheap, before reading; at a URL each check is a request, so only the
+        # arrays whose piece came back all fill values are checked, after reading.
         remote = self.location.local is None
         if not remote:
             self._check_chunk_files(tile, index, start, stop, names)
