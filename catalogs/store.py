@@ -457,12 +457,9 @@ class SurveyStore:
             rows = self._small_columns(tile, index, min(first + self.chunk_size, self.n_cutouts(tile)), small)
             data = {name: rows[name][start - first:stop - first].copy() for name in small}  # callers may write
         else:
-            data = self._read_arrays(tile, index, start, stop, small)
+            data = self._as_text(self._read_arrays(tile, index, start, stop, small))
         data.update(self._read_arrays(tile, index, start, stop, images))
-        truth = {}
-        for name, dtype in self.truth_columns.items():
-            col = data[f"truth/{name}"]
-            truth[name] = col if cached or dtype != "str" else np.asarray(col.tolist(), dtype=str)
+        truth = {name: data[f"truth/{name}"] for name in self.truth_columns}
         return CutoutBatch(object_id=data["object_id"], ra=data["ra"], dec=data["dec"], vis=data.get("vis"),
                            nisp=data.get("nisp"), flags=data["flags"], truth=truth, held=self.bands)
 
@@ -491,12 +488,16 @@ class SurveyStore:
         with self._small_lock:
             if self._small_cache is not None and self._small_cache[0] == key:
                 return self._small_cache[1]
-            rows = self._read_arrays(tile, index, index * self.chunk_size, stop, names)
-            for name, dtype in self.truth_columns.items():
-                if dtype == "str":
-                    rows[f"truth/{name}"] = np.asarray(rows[f"truth/{name}"].tolist(), dtype=str)
+            rows = self._as_text(self._read_arrays(tile, index, index * self.chunk_size, stop, names))
             self._small_cache = (key, rows)
             return rows
+
+    def _as_text(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``data`` with its text truth columns as fixed-width NumPy strings (zarr returns variable-width ones)."""
+        for name, dtype in self.truth_columns.items():
+            if dtype == "str":
+                data[f"truth/{name}"] = np.asarray(data[f"truth/{name}"].tolist(), dtype=str)
+        return data
 
     def _check_chunk_files(self, tile: str, index: int, start: int, stop: int, names) -> None:
         for name in names:
