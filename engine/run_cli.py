@@ -49,6 +49,10 @@ INTERRUPTED = "interrupted — resume with --resume"
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker processes of the local Dask cluster (ignored with --scheduler).")
 @threads_option(help="ONNX Runtime threads per worker (0: cores / workers).")
+@click.option("--lanes", type=click.IntRange(0), default=0, show_default=True,
+              help="Networks run side by side in each worker, sharing its threads (0: auto: two lanes on the CPU "
+                   "when a worker has two threads or more, else one; 1: one network at a time on all the threads). "
+                   "Scores do not change; recorded as LANES in the catalogue.")
 @click.option("--dashboard/--no-dashboard", default=True, show_default=True,
               help="The local cluster's Dask dashboard, on 127.0.0.1 only (its address is logged).")
 @device_option(extra=("tensorrt",), extra_help="run also takes tensorrt (CUDA with TensorRT kernels); auto "
@@ -85,7 +89,7 @@ INTERRUPTED = "interrupted — resume with --resume"
 @click.pass_context
 def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, threshold, scheduler, scheduler_file,
             tls_ca_file,
-            tls_cert, tls_key, security_file, workers, threads, dashboard, device, batch_size, task_size, precision,
+            tls_cert, tls_key, security_file, workers, threads, lanes, dashboard, device, batch_size, task_size, precision,
             runner, explain_top, explain_model, cascade, resume, restart, as_json):
     """Score every cutout of a survey store and write the candidate catalogue.
 
@@ -119,7 +123,7 @@ def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, thr
         entries = resolve_models(models_dir, model_names or None)
         opts = RunOptions(store=store, out=out, scores=scores, models=entries, models_dir=models_dir or
                           (Path(entries[0].path).parent if entries else None), threshold=threshold,
-                          scheduler=scheduler, workers=workers, threads=threads, device=device,
+                          scheduler=scheduler, workers=workers, threads=threads, lanes=lanes, device=device,
                           batch_size=batch_size, task_size=task_size, resume=resume, restart=restart,
                           ensemble_path=ensemble_path,
                           precision=_runner_plan(ctx, runner, precision, entries, device),

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import queue
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterator
@@ -59,6 +60,7 @@ class ChunkTask:
     ensemble: str | None = None  # path of a fitted OU-T-SNE (.npz) or stack (.json), None for the mean stand-in
     precision: str = "fp32"      # "fp32" (ONNX Runtime) or one a make_runner plugin answers ("bf16")
     cascade: Cascade | None = None  # --cascade: the gate (engine.cascade); None scores every model everywhere
+    lanes: int = 1               # networks run side by side (each runner then uses ``threads`` threads)
 
     @property
     def key(self) -> str:
@@ -166,8 +168,11 @@ PREFETCH_DEPTH = 2
 _DONE = object()
 
 
-def _run_model(model: ModelEntry, runner: Runner, x: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _run_model(model: ModelEntry, runner: Runner, x: np.ndarray, usable: np.ndarray,
+               call_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(p, bad)``: P(lens) of the usable cutouts (NaN elsewhere) and the mask of outputs refused.
+
+    ``call_size`` (0: all at once) caps the cutouts per network call.
 
     An output that is NaN or outside [0, 1] is not a probability: it is
     withheld (NaN) and marked, never passed on.  A wrong number of outputs is a
@@ -177,8 +182,10 @@ def _run_model(model: ModelEntry, runner: Runner, x: np.ndarray, usable: np.ndar
     bad = np.zeros(len(x), dtype=bool)
     rows = np.flatnonzero(usable)
     if rows.size:
-        p = np.asarray(runner(np.ascontiguousarray(x if rows.size == len(x) else x[rows])),
-                       dtype=np.float32).reshape(-1)
+        x = x if rows.size == len(x) else x[rows]
+        step = call_size or rows.size
+        p = np.concatenate([np.asarray(runner(np.ascontiguousarray(x[i:i + step])), dtype=np.float32).reshape(-1)
+                            for i in range(0, rows.size, step)])
         if p.size != rows.size:
             raise ValueError(f"model {model.name} ({model.path}) returned {p.size} scores for {rows.size} cutouts")
         ok = (p >= 0) & (p <= 1)
@@ -253,9 +260,35 @@ def _sub_batches(batch, start: int, batch_size: int) -> Iterator[tuple[int, int,
                flags[lo:hi])
 
 
+@lru_cache(maxsize=4)
+def _lane_pool(lanes: int) -> ThreadPoolExecutor:
+    """The process's pool of ``lanes`` threads that run networks side by side (shared by its tasks)."""
+    return ThreadPoolExecutor(lanes, thread_name_prefix="lensengine-lane")
+
+
+def _launch(models, runners: dict[str, Runner], prep, lanes: int) -> list[tuple[ModelEntry, Future]]:
+    """Start each model on its input: in the calling thread, one after the other, when ``lanes`` is 1; else on
+    the lane pool, largest input first (the 200-px networks start first, the 66-px ones fill the gaps), in calls
+    of 1/``lanes`` of the sub-batch (the same speed on one thread each; the memory of one full call)."""
+    jobs = []
+    if lanes <= 1:
+        for m in models:
+            job: Future = Future()
+            job.set_result(_run_model(m, runners[m.name], prep.inputs[m.name], prep.usable[m.name]))
+            jobs.append((m, job))
+        return jobs
+    pool = _lane_pool(lanes)
+    # the lanes' calls together hold about what one call of the whole sub-batch would (activations scale with it)
+    call_size = -(-len(prep.flags) // lanes)
+    for m in sorted(models, key=lambda m: -int(np.prod(prep.inputs[m.name].shape[1:]))):
+        jobs.append((m, pool.submit(_run_model, m, runners[m.name], prep.inputs[m.name], prep.usable[m.name],
+                                    call_size)))
+    return jobs
+
+
 def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runners: dict[str, Runner],
                        cascade: Cascade | None = None, preprocessor: Preprocessor | None = None,
-                       prefetch: bool = True) -> dict[str, np.ndarray]:
+                       prefetch: bool = True, lanes: int = 1) -> dict[str, np.ndarray]:
     """The core of :func:`score_batch` and :func:`score_chunk`: score ``n`` cutouts given as sub-batches.
 
     ``sub_batches`` yields ``(lo, hi, bands, store_flags)`` covering rows
@@ -267,6 +300,13 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
     inputs as in a full run), and the others are flagged ``CASCADE_SKIPPED``.
     The ensemble scores only the rows every model was asked to score; a
     skipped row's ensemble columns stay unknown (NaN, -1).
+
+    ``lanes`` > 1 runs the networks side by side on that many threads (each
+    runner single- or few-threaded): a sub-batch's networks are started before
+    the previous sub-batch's results are collected, so a lane that finishes
+    early starts on the next sub-batch.  The scores are the same as with one
+    lane (each cutout's score does not depend on what shares its call), and
+    results are written in the calling thread.
     """
     first, second = _stages(models, cascade)
     column = {m.name: j for j, m in enumerate(models)}
@@ -280,28 +320,43 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
         for lo, hi, bands, sflags in items:
             yield lo, hi, bands, sflags, prep1(bands, hi - lo)
 
-    stream = prepared(sub_batches)
-    for lo, hi, bands, sflags, prep in (_in_background(stream) if prefetch else stream):
+    def collect(jobs, at: np.ndarray) -> None:
+        for m, job in jobs:
+            p, bad = job.result()
+            probs[at, column[m.name]] = p
+            flags[at[bad]] |= np.uint32(Flag.BAD_MODEL_OUTPUT)
+
+    def finish(item, jobs) -> None:
+        lo, hi, bands, sflags, prep = item
         store_flags[lo:hi] = sflags
         flags[lo:hi] |= sflags | prep.flags
-        for m in first:
-            p, bad = _run_model(m, runners[m.name], prep.inputs[m.name], prep.usable[m.name])
-            probs[lo:hi, column[m.name]] = p
-            flags[lo:hi][bad] |= np.uint32(Flag.BAD_MODEL_OUTPUT)
+        collect(jobs, np.arange(lo, hi))
         if not second:
-            continue
+            return
         on = cascade.passes(probs[lo:hi][:, [column[name] for name in cascade.cheap]])
         went_on[lo:hi] = on
         rows = np.flatnonzero(on)
         if not rows.size:
-            continue
+            return
         prep2 = preprocessor_for(second)({b: (None if a is None else a[rows]) for b, a in bands.items()}, rows.size)
         at = lo + rows
         flags[at] |= prep2.flags
-        for m in second:
-            p, bad = _run_model(m, runners[m.name], prep2.inputs[m.name], prep2.usable[m.name])
-            probs[at, column[m.name]] = p
-            flags[at[bad]] |= np.uint32(Flag.BAD_MODEL_OUTPUT)
+        collect(_launch(second, runners, prep2, lanes), at)
+
+    stream = prepared(sub_batches)
+    waiting: tuple | None = None  # the sub-batch whose networks are running, and their jobs
+    try:
+        for item in (_in_background(stream) if prefetch else stream):
+            jobs = _launch(first, runners, item[4], lanes)
+            if waiting is not None:
+                finish(*waiting)
+            waiting = (item, jobs)
+        if waiting is not None:
+            finish(*waiting)
+            waiting = None
+    finally:
+        for _, job in (waiting[1] if waiting is not None else ()):
+            job.cancel()  # a failure elsewhere: the networks not yet started are not run
     # a band the store marked missing for a cutout arrives as NaN: report it as missing, not as bad pixels
     missing = (store_flags & np.uint32(Flag.MISSING_BAND)) != 0
     flags[missing] &= ~np.uint32(Flag.NONFINITE)
@@ -331,7 +386,8 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
 
 
 def score_batch(batch, models, ensemble, *, runners: dict[str, Runner], preprocessor: Preprocessor | None = None,
-                batch_size: int, cascade: Cascade | None = None, prefetch: bool = True) -> dict[str, np.ndarray]:
+                batch_size: int, cascade: Cascade | None = None, prefetch: bool = True,
+                lanes: int = 1) -> dict[str, np.ndarray]:
     """Score one in-memory batch of cutouts with every model and the ensemble.
 
     ``batch`` is a :class:`~lensengine.catalogs.store.CutoutBatch`, ``models``
@@ -343,13 +399,14 @@ def score_batch(batch, models, ensemble, *, runners: dict[str, Runner], preproce
     not given).  Cutouts go through the networks ``batch_size`` at a time, in
     order, the next sub-batch preprocessed while the networks run (``prefetch``).
     ``cascade`` (:class:`~lensengine.engine.cascade.Cascade`) runs its
-    expensive models only past its gate.
+    expensive models only past its gate.  ``lanes`` > 1 runs the networks side
+    by side on that many threads (the same scores).
 
     Returns ``{P_<MODEL>: ..., P_ENSEMBLE: ..., <ensemble columns>, FLAGS: ...}``
     (no ensemble entries when ``ensemble`` is None), one value per cutout.
     """
     return _score_sub_batches(_sub_batches(batch, 0, batch_size), len(batch), models, ensemble, runners=runners,
-                              cascade=cascade, preprocessor=preprocessor, prefetch=prefetch)
+                              cascade=cascade, preprocessor=preprocessor, prefetch=prefetch, lanes=lanes)
 
 
 def _index_rows(store, task: ChunkTask) -> dict[str, np.ndarray]:
@@ -405,7 +462,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     try:
         runners = {m.name: make_runner(m, task.precision, task.device, task.threads) for m in task.models}
         scored = _score_sub_batches(_store_sub_batches(store, task, read), n, task.models, _ensemble(task.ensemble),
-                                    runners=runners, cascade=task.cascade)
+                                    runners=runners, cascade=task.cascade, lanes=task.lanes)
     except ChunkReadError as exc:
         log.warning("unreadable chunk: %s", exc)
         rows.update(_index_rows(store, task), FLAGS=np.full(n, np.uint32(Flag.UNREADABLE), np.uint32),
@@ -439,7 +496,7 @@ def _plugin_columns(rows: dict[str, np.ndarray], task: ChunkTask) -> dict[str, n
 
 def score_store(store, models, ensemble: str | None = None, *, device: str = "auto", threads: int = 0,
                 batch_size: int = 32, precision: str = "fp32", rows_per_task: int | None = None,
-                cascade: Cascade | None = None) -> Iterator[dict[str, np.ndarray]]:
+                cascade: Cascade | None = None, lanes: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Yield :func:`score_chunk`'s rows for every chunk of ``store``, in store order, in this process.
 
     What ``lensengine evaluate`` and ``lensengine recall-test`` score with: the
@@ -449,7 +506,7 @@ def score_store(store, models, ensemble: str | None = None, *, device: str = "au
     into tasks of at most that many rows (the same scores, yielded sooner), so
     a caller's progress bar can move within a chunk.  ``cascade`` as in
     :class:`ChunkTask` (the cascade benchmark's steady state; evaluate and the
-    recall test score every model).
+    recall test score every model); ``lanes`` as in :class:`ChunkTask`.
     """
     from lensengine.catalogs.store import location_key
 
@@ -462,4 +519,4 @@ def score_store(store, models, ensemble: str | None = None, *, device: str = "au
             step = rows_per_task or (stop - start) or 1
             for lo in range(start, stop, step):
                 yield score_chunk(ChunkTask(path, tile, index, lo, min(lo + step, stop), models, device, threads,
-                                            batch_size, ensemble, precision, cascade))
+                                            batch_size, ensemble, precision, cascade, lanes))

@@ -1,0 +1,136 @@
+"""Networks side by side in a worker (`lensengine run --lanes`, issue 13 item 4): the same scores and flags as one
+network at a time, with or without the cascade; calls split so the lanes hold one call's memory; a failure in a
+lane raised, not lost; the auto rule; the choice in the catalogue."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lensengine.catalogs.flags import Flag
+from lensengine.catalogs.store import SurveyStore
+from lensengine.engine.cascade import Cascade
+from lensengine.engine.ensemble import MeanEnsemble
+from lensengine.engine.models import discover_models
+from lensengine.engine.run import RunOptions, plan_lanes
+from lensengine.engine.scoring import make_runner, score_batch
+
+from .conftest import make_store  # noqa: F401  (importlib mode: package-relative import)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lanes") / "s.zarr"
+    make_store(path, tiles=("T0",), n_per_tile=40, chunk_size=64)  # rows 1-3 are bad cutouts (see make_store)
+    return SurveyStore.open(path).read("T0", 0, 40)
+
+
+def _runners(models):
+    return {m.name: make_runner(m, "fp32", "cpu", 1) for m in models}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_lanes_give_the_scores_and_flags_of_one_lane(batch, tiny_models, lanes):
+    models = discover_models(tiny_models)
+    runners = _runners(models)
+    # one model refuses some outputs: BAD_MODEL_OUTPUT must land on the same rows from any lane
+    vis = runners["OU-VIS"]
+    runners["OU-VIS"] = lambda x: np.where(x[:, 0, 100, 100] > np.median(x[:, 0], axis=(1, 2)), np.nan,
+                                           vis(x).ravel())  # a rule per cutout, whatever shares its call
+    one = score_batch(batch, models, MeanEnsemble(), runners=runners, batch_size=8)
+    many = score_batch(batch, models, MeanEnsemble(), runners=runners, batch_size=8, lanes=lanes)
+    _assert_same(one, many)
+    bad = (one["FLAGS"] & np.uint32(Flag.BAD_MODEL_OUTPUT)) != 0
+    assert 5 <= bad.sum() <= 35  # the test's refusals really happened
+    # the cascade's second stage runs in the lanes too
+    cheap = np.column_stack([one["P_OU_J"], one["P_OU_JYH"]]).astype(np.float64).mean(axis=1)
+    gate = Cascade(("OU-J", "OU-JYH"), ("OU-VIS",), float(np.nanmedian(cheap)), "validated", 0.5)
+    _assert_same(score_batch(batch, models, MeanEnsemble(), runners=runners, batch_size=8, cascade=gate),
+                 score_batch(batch, models, MeanEnsemble(), runners=runners, batch_size=8, cascade=gate, lanes=lanes))
+
+
+def test_lanes_run_in_their_threads_largest_input_first_in_split_calls(batch, tiny_models):
+    models = discover_models(tiny_models)
+    real = _runners(models)
+    calls: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+
+    def recording(name):
+        def run(x):
+            with lock:
+                calls.append((name, len(x), threading.current_thread().name))
+            return real[name](x)
+        return run
+
+    runners = {m.name: recording(m.name) for m in models}
+    score_batch(batch, models, None, runners=runners, batch_size=8, lanes=2)
+    assert all(thread.startswith("lensengine-lane") for _, _, thread in calls)
+    assert max(size for _, size, _ in calls) == 4  # 8-cutout sub-batches in calls of at most 8 / 2
+    for m in models:  # every usable cutout once (rows 1-3 are bad for some networks)
+        assert 37 <= sum(size for name, size, _ in calls if name == m.name) <= 40
+    assert calls[0][0] == "OU-VIS"  # the 200-px network starts first
+
+
+def test_a_failure_in_a_lane_is_raised(batch, tiny_models):
+    models = discover_models(tiny_models)
+    runners = _runners(models)
+
+    def broken(x):
+        raise RuntimeError("session lost")
+
+    runners["OU-JYH"] = broken
+    with pytest.raises(RuntimeError, match="session lost"):
+        score_batch(batch, models, None, runners=runners, batch_size=8, lanes=2)
+
+
+def _opts(models, **kw) -> RunOptions:
+    return RunOptions(store=Path("s.zarr"), out=Path("c.fits"), scores=Path("s"), models=models, **kw)
+
+
+def test_auto_lanes_rule(tiny_models):
+    models = discover_models(tiny_models)
+    assert plan_lanes(_opts(models, device="cpu"), 2) == (2, 1)                # two cores, one worker: two lanes
+    assert plan_lanes(_opts(models, device="cpu"), 8) == (2, 4)
+    assert plan_lanes(_opts(models, device="cpu", workers=2), 2) == (1, 1)     # one core per worker
+    assert plan_lanes(_opts(models, device="cpu", lanes=1), 2) == (1, 2)       # as before
+    assert plan_lanes(_opts(models, device="cpu", threads=6, lanes=3), 2) == (3, 2)
+    assert plan_lanes(_opts(models, device="cpu", scheduler="tcp://x:8786"), 2) == (1, 0)  # threads unknown
+    assert plan_lanes(_opts(models[:1], device="cpu"), 2) == (1, 2)            # one network
+    assert plan_lanes(_opts(models, device="cpu", precision="bf16"), 2) == (1, 2)  # torch runners: not auto
+    assert plan_lanes(_opts(models, device="cuda"), 2) == (1, 2)
+
+
+@pytest.mark.slow
+def test_run_records_its_lanes_and_scores_as_one_lane(tmp_path, tiny_models):
+    import pyarrow.parquet as pq
+    from astropy.io import fits
+
+    from lensengine.catalogs.catalog import score_table_files
+    from lensengine.engine.cli import cli
+
+    make_store(tmp_path / "s.zarr", n_per_tile=24, chunk_size=24)
+    tables = {}
+    for lanes in (1, 2):
+        out = tmp_path / f"c{lanes}.fits"
+        result = CliRunner().invoke(cli, ["-q", "run", "--tiles", str(tmp_path / "s.zarr"), "--models",
+                                          str(tiny_models), "--out", str(out), "--scores", str(tmp_path / f"s{lanes}"),
+                                          "--threads", "2", "--lanes", str(lanes), "--threshold", "0",
+                                          "--no-dashboard"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        with fits.open(out) as hdul:
+            assert (hdul[1].header["LANES"], hdul[1].header["NTHREADS"]) == (lanes, 2 // lanes)
+        table = pq.read_table([str(p) for p in score_table_files(tmp_path / f"s{lanes}")]).to_pandas()
+        tables[lanes] = table.sort_values(["TILE", "ROW"]).reset_index(drop=True)
+    assert len(tables[1]) == 48
+    for column in [c for c in tables[1].columns if c.startswith("P_")] + ["FLAGS"]:
+        np.testing.assert_array_equal(tables[1][column].to_numpy(), tables[2][column].to_numpy(), err_msg=column)
