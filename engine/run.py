@@ -65,7 +65,7 @@ from lensengine.engine.run_state import (
 )
 from lensengine.engine.runners import runner_cards, runner_for, uses_torch_weights
 from lensengine.engine.cascade import plan_cascade
-from lensengine.engine.scoring import ChunkTask, open_store, row_schema, score_chunk
+from lensengine.engine.scoring import ChunkTask, open_store, row_schema, score_chunk, split_lanes
 
 log = logging.getLogger(__name__)
 
@@ -768,34 +768,10 @@ def plan_lanes(opts: RunOptions, ncores: int) -> tuple[int, int]:
 
     A worker's threads are ``--threads``, or on the local cluster the cores
     shared among its workers (unknown on a ``--scheduler`` cluster: 0, ONNX
-    Runtime's default).  ``--lanes N`` splits them into N lanes.  Auto
-    (``--lanes 0``) uses two lanes on the CPU when a worker has two threads or
-    more, there are two networks or more and every runner is a built-in ONNX
-    Runtime or OpenVINO one: two networks on one thread each keep two cores
-    busier than one network on two threads, whose operators wait for each other
-    between layers (on a 2-core machine the seven networks score 5-10 % more
-    cutouts/s; docs/performance.md).  Otherwise one lane with all the threads,
-    as before.
+    Runtime's default); ``--lanes`` splits them (:func:`~lensengine.engine.scoring.split_lanes`).
     """
-    from lensengine.engine.runners import RUNNERS, runner_for, uses_torch_weights
-
     total = opts.threads or (0 if opts.scheduler else max(1, ncores // max(1, opts.workers)))
-    lanes = opts.lanes
-    if lanes == 0:
-        builtin = all(runner_for(opts.precision, m.name) in RUNNERS and not uses_torch_weights(opts.precision, m.name)
-                      for m in opts.models)
-        on_cpu = opts.device == "cpu" or (opts.device == "auto" and not _gpu_here())
-        lanes = 2 if (total >= 2 and len(opts.models) >= 2 and builtin and on_cpu) else 1
-    if lanes == 1:
-        return 1, total
-    return lanes, max(1, total // lanes)
-
-
-def _gpu_here() -> bool:
-    """Whether ``--device auto`` would run the networks on a GPU in this process."""
-    from lensengine.engine.sessions import choose_providers
-
-    return choose_providers("auto")[0] != "CPUExecutionProvider"
+    return split_lanes(opts.lanes, total, opts.models, opts.precision, opts.device)
 
 
 def _score(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummary, t0: float, client,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -266,6 +267,36 @@ def _lane_pool(lanes: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(lanes, thread_name_prefix="lensengine-lane")
 
 
+def split_lanes(lanes: int, threads: int, models, precision: str = "fp32", device: str = "auto") -> tuple[int, int]:
+    """``(lanes, threads per network)`` for a scorer with ``threads`` threads (0: unknown, ONNX Runtime's default).
+
+    ``lanes`` N splits the threads into N lanes.  Auto (0) takes two lanes on
+    the CPU when there are two threads or more, two networks or more and every
+    runner is a built-in ONNX Runtime or OpenVINO one: two networks on one
+    thread each keep two cores busier than one network on two threads, whose
+    operators wait for each other between layers (on a 2-core machine the seven
+    networks score 11-15 % more cutouts/s; docs/performance.md).  Otherwise one
+    lane with all the threads, as before lanes existed.
+    """
+    from lensengine.engine.runners import RUNNERS, runner_for, uses_torch_weights
+
+    if lanes == 0:
+        builtin = all(runner_for(precision, m.name) in RUNNERS and not uses_torch_weights(precision, m.name)
+                      for m in models)
+        on_cpu = device == "cpu" or (device == "auto" and not _gpu_here())
+        lanes = 2 if (threads >= 2 and len(models) >= 2 and builtin and on_cpu) else 1
+    if lanes == 1:
+        return 1, threads
+    return lanes, max(1, threads // lanes)
+
+
+def _gpu_here() -> bool:
+    """Whether ``--device auto`` would run the networks on a GPU in this process."""
+    from lensengine.engine.sessions import choose_providers
+
+    return choose_providers("auto")[0] != "CPUExecutionProvider"
+
+
 def _launch(models, runners: dict[str, Runner], prep, lanes: int) -> list[tuple[ModelEntry, Future]]:
     """Start each model on its input: in the calling thread, one after the other, when ``lanes`` is 1; else on
     the lane pool, largest input first (the 200-px networks start first, the 66-px ones fill the gaps), in calls
@@ -496,7 +527,7 @@ def _plugin_columns(rows: dict[str, np.ndarray], task: ChunkTask) -> dict[str, n
 
 def score_store(store, models, ensemble: str | None = None, *, device: str = "auto", threads: int = 0,
                 batch_size: int = 32, precision: str = "fp32", rows_per_task: int | None = None,
-                cascade: Cascade | None = None, lanes: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                cascade: Cascade | None = None, lanes: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Yield :func:`score_chunk`'s rows for every chunk of ``store``, in store order, in this process.
 
     What ``lensengine evaluate`` and ``lensengine recall-test`` score with: the
@@ -506,14 +537,17 @@ def score_store(store, models, ensemble: str | None = None, *, device: str = "au
     into tasks of at most that many rows (the same scores, yielded sooner), so
     a caller's progress bar can move within a chunk.  ``cascade`` as in
     :class:`ChunkTask` (the cascade benchmark's steady state; evaluate and the
-    recall test score every model); ``lanes`` as in :class:`ChunkTask`.
+    recall test score every model).  ``lanes`` as in :class:`ChunkTask`, 0 (auto)
+    as :func:`split_lanes` decides for ``threads`` (0: this machine's cores).
     """
     from lensengine.catalogs.store import location_key
 
+    models = tuple(models)
+    lanes, per_lane = split_lanes(lanes, threads or (os.cpu_count() or 1), models, precision, device)
+    threads = per_lane if lanes > 1 else threads
     path = location_key(getattr(store, "path", store))  # a URL as given, a local path made absolute
     open_store.cache_clear()  # a command sees the store as it is now, not as an earlier command in this process did
     opened = open_store(path)
-    models = tuple(models)
     for tile in opened.tiles:
         for index, (start, stop) in enumerate(opened.chunk_slices(tile)):
             step = rows_per_task or (stop - start) or 1

@@ -134,3 +134,18 @@ def test_run_records_its_lanes_and_scores_as_one_lane(tmp_path, tiny_models):
     assert len(tables[1]) == 48
     for column in [c for c in tables[1].columns if c.startswith("P_")] + ["FLAGS"]:
         np.testing.assert_array_equal(tables[1][column].to_numpy(), tables[2][column].to_numpy(), err_msg=column)
+
+
+def test_in_process_scoring_takes_lanes_by_the_same_rule(monkeypatch, tmp_path, tiny_models):
+    """evaluate and recall-test score through score_store: two lanes on two threads, one on one."""
+    from lensengine.engine import scoring
+
+    seen: list[int] = []
+    launch = scoring._launch
+    monkeypatch.setattr(scoring, "_launch", lambda *args: seen.append(args[-1]) or launch(*args))
+    make_store(tmp_path / "s.zarr", tiles=("T0",), n_per_tile=16, chunk_size=16)
+    models = discover_models(tiny_models)
+    for threads, lanes in ((2, 2), (1, 1)):
+        seen.clear()
+        list(scoring.score_store(tmp_path / "s.zarr", models, None, device="cpu", threads=threads))
+        assert seen and set(seen) == {lanes}
