@@ -375,19 +375,20 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
         collect(_launch(second, runners, prep2, lanes), at)
 
     stream = prepared(sub_batches)
-    waiting: tuple | None = None  # the sub-batch whose networks are running, and their jobs
+    launched: list[tuple] = []  # (sub-batch, its networks' jobs) started and not yet collected, oldest first
     try:
         for item in (_in_background(stream) if prefetch else stream):
-            jobs = _launch(first, runners, item[4], lanes)
-            if waiting is not None:
-                finish(*waiting)
-            waiting = (item, jobs)
-        if waiting is not None:
-            finish(*waiting)
-            waiting = None
+            launched.append((item, _launch(first, runners, item[4], lanes)))
+            if len(launched) > 1:
+                finish(*launched[0])
+                launched.pop(0)
+        while launched:
+            finish(*launched[0])
+            launched.pop(0)
     finally:
-        for _, job in (waiting[1] if waiting is not None else ()):
-            job.cancel()  # a failure elsewhere: the networks not yet started are not run
+        for _, jobs in launched:  # a failure: the networks not yet started are not run
+            for _, job in jobs:
+                job.cancel()
     # a band the store marked missing for a cutout arrives as NaN: report it as missing, not as bad pixels
     missing = (store_flags & np.uint32(Flag.MISSING_BAND)) != 0
     flags[missing] &= ~np.uint32(Flag.NONFINITE)
