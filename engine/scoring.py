@@ -278,11 +278,11 @@ def split_lanes(lanes: int, threads: int, models, precision: str = "fp32", devic
     networks score 11-15 % more cutouts/s; docs/performance.md).  Otherwise one
     lane with all the threads, as before lanes existed.
     """
-    from lensengine.engine.runners import RUNNERS, runner_for, uses_torch_weights
+    from lensengine.engine.runners import RUNNERS, runner_for
 
     if lanes == 0:
-        builtin = all(runner_for(precision, m.name) in RUNNERS and not uses_torch_weights(precision, m.name)
-                      for m in models)
+        kinds = [RUNNERS.get(runner_for(precision, m.name)) for m in models]
+        builtin = all(kind is not None and not kind.torch_weights for kind in kinds)
         on_cpu = device == "cpu" or (device == "auto" and not _gpu_here())
         lanes = 2 if (threads >= 2 and len(models) >= 2 and builtin and on_cpu) else 1
     if lanes == 1:
