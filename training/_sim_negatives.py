@@ -6,6 +6,9 @@ Three population mixes (documented with their sources in docs/simulation.md):
 ``HARD_NEGATIVE_MIX`` (confusers only).  Ring galaxies and mergers are drawn
 as real ones look (knotty, lopsided star-forming rings of their own colour;
 curved, fading tidal tails and debris), not as Einstein-ring look-alikes.
+Star-forming (irregular, clumpy) galaxies are real HST/JWST morphologies from
+the simulator's half of the real stamps: their knots are the confuser that
+compact lensed images are mistaken for.
 Every random number comes from the one per-cutout generator.
 """
 
@@ -14,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from lensengine.training._sim_physics import sed_table
-from lensengine.training._sim_render import GRID_X, GRID_Y, Scene, ring, sersic, window
+from lensengine.training._sim_real import add_stamp_galaxy, real_stamps
+from lensengine.training._sim_render import GRID_X, GRID_Y, PIX, Scene, ring, sersic, window
 from lensengine.training._sim_scenes import (
     CROWDED_FRACTION, SURVEY_SIGMA, Galaxy, SystemTruth, _add_galaxy, _centre, _field_galaxy, _kpc_to_arcsec, _pick, _sample_sigma,
     add_environment, add_sky_environment, sample_deflector,
@@ -35,14 +39,16 @@ NON_LENS_TYPES = {  # name -> probability: mostly lens-like ellipticals (as in t
 #: ``sky-negatives`` (sources in docs/simulation.md): mostly early types and discs; rings, mergers,
 #: pairs and blends at their observed rarity.
 SKY_NEGATIVE_MIX = {
-    "elliptical": 0.35, "spiral-face-on": 0.38, "spiral-edge-on": 0.12, "close-pair": 0.06, "blend": 0.05,
-    "merger": 0.03, "ring-galaxy": 0.01,
+    "elliptical": 0.35, "spiral-face-on": 0.30, "spiral-edge-on": 0.10, "star-forming": 0.10, "close-pair": 0.06,
+    "blend": 0.05, "merger": 0.03, "ring-galaxy": 0.01,
 }
 #: ``hard-negatives``: confusers only (no plain ellipticals)
 HARD_NEGATIVE_MIX = {
-    "ring-galaxy": 0.25, "merger": 0.25, "spiral-face-on": 0.15, "spiral-edge-on": 0.10, "close-pair": 0.10,
-    "blend": 0.15,
+    "ring-galaxy": 0.20, "merger": 0.20, "star-forming": 0.20, "spiral-face-on": 0.12, "spiral-edge-on": 0.08,
+    "close-pair": 0.08, "blend": 0.12,
 }
+#: star-forming galaxies: half-light radius (arcsec) at VIS 21 and its log-normal scatter (dex), clipped
+STAR_FORMING_RE = (0.35, 0.25, 0.12, 1.5)
 
 
 def _starforming_mags(rng, z, m_vis, cls="starburst"):
@@ -171,6 +177,45 @@ def _spiral(scene, rng, main: Galaxy, face: bool):
                _starforming_mags(rng, main.z, arm_mags[0] + 0.8))
 
 
+def _star_forming(scene, rng, main: Galaxy):
+    """A clumpy star-forming (irregular) galaxy of the searched magnitude: a real morphology when the stamps
+    are available, else an exponential disc with 2-6 knots holding 30-70 % of its light.
+
+    Blue or starburst colour at the central galaxy's redshift; sizes from a
+    size-magnitude relation with a wide scatter, so that compact ones, whose
+    knots sit 0.3-1″ apart like the images of a small lensed source, are common.
+    """
+    cls = ("starburst", "blue")[int(rng.integers(2))]
+    m_vis = main.mags[0]
+    re0, dex, lo, hi = STAR_FORMING_RE
+    r_e = float(np.clip(re0 * 10 ** (-0.15 * (m_vis - 21.0) + rng.normal(0, dex)), lo, hi))
+    g = Galaxy(main.z, _starforming_mags(rng, main.z, m_vis, cls), r_e, 1.0, rng.uniform(0.4, 1.0),
+               rng.uniform(0, np.pi), main.x, main.y, sed=cls)
+    stamps = real_stamps()
+    if stamps:
+        add_stamp_galaxy(scene, rng, stamps[int(rng.integers(len(stamps)))], g)
+        return
+    where = window(g.x, g.y, min(max(4.0 * r_e, 1.0), 8.0))
+    if where is None:
+        return
+    X, Y = where[2], where[3]
+    f_knots = rng.uniform(0.3, 0.7)
+    light = (1 - f_knots) * _on_grid(sersic(X, Y, r_e, 1.0, g.q, g.phi, g.x, g.y))
+    n_k = int(rng.integers(2, 7))
+    rr, th = r_e * rng.uniform(0.2, 1.5, n_k), rng.uniform(0, 2 * np.pi, n_k)
+    w = 10 ** rng.normal(0, 0.5, n_k)
+    for kx, ky, wi in zip(g.x + rr * np.cos(th), g.y + rr * np.sin(th), f_knots * w / w.sum()):
+        light += wi * _on_grid(_clump(X, Y, kx, ky, rng.uniform(0.03, 0.12)))
+    scene.add(light, g.mags, where=where)
+
+
+def _on_grid(sb):
+    """``sb`` rescaled to unit flux as sampled on the 0.1″ pixels (a knot narrower than a pixel is sampled
+    coarsely)."""
+    total = float(sb.sum()) * PIX * PIX
+    return sb / total if total > 0 else sb
+
+
 def sample_non_lens(rng, subtype: str | None = None, *, mix: dict | None = None, central: str = "deflector",
                     environment: str = "sparse") -> tuple[Scene, SystemTruth]:
     """A galaxy scene without lensing: ellipticals and the usual confusers.
@@ -209,6 +254,8 @@ def sample_non_lens(rng, subtype: str | None = None, *, mix: dict | None = None,
         _spiral(scene, rng, main, subtype == "spiral-face-on")
     elif subtype == "ring-galaxy":
         _ring_galaxy(scene, rng, main)
+    elif subtype == "star-forming":
+        _star_forming(scene, rng, main)
     elif subtype == "merger":
         _merger(scene, rng, main)
     elif subtype == "close-pair":
@@ -226,7 +273,7 @@ def sample_non_lens(rng, subtype: str | None = None, *, mix: dict | None = None,
             _add_galaxy(scene, _field_galaxy(rng, (main.mags[0] + 0.5, main.mags[0] + 4.0),
                                              x + sep * np.cos(a), y + sep * np.sin(a)))
     else:
-        raise ValueError(f"unknown non-lens type {subtype!r}; known: {', '.join(NON_LENS_TYPES)}")
+        raise ValueError(f"unknown non-lens type {subtype!r}; known: {', '.join({**NON_LENS_TYPES, **HARD_NEGATIVE_MIX})}")
     if environment == "sky":  # crowded as often as the survey lenses are, so crowding tells nothing
         n_nb = add_sky_environment(scene, rng, crowded=(x, y) if rng.uniform() < CROWDED_FRACTION else None)
     else:

@@ -60,8 +60,9 @@ LENS_KINDS = ("lenses", "compound-arcs", "double-rings", "survey-lenses")
 TRAINING_NEGATIVES = {"elliptical": 0.4, "sky": 0.3, "hard": 0.3}
 MAX_ATTEMPTS = 20
 #: bumped whenever the same (kind, seed) would give different pixels; stores record it and the cached
-#: example store is rebuilt when it differs (2: Euclid Wide depth, Moffat PSFs, realistic negatives)
-SIMULATOR_VERSION = 2
+#: example store is rebuilt when it differs (2: Euclid Wide depth, Moffat PSFs, realistic negatives;
+#: 3: real clumpy star-forming galaxies among the sky and hard negatives)
+SIMULATOR_VERSION = 3
 TILE = "sim"
 SURVEY = "euclid-sim"
 

@@ -416,3 +416,33 @@ def test_ring_galaxies_have_their_own_blue_knotty_rings():
         bright = ring_pix[ring_pix > np.percentile(ring_pix, 90)]
         assert bright.max() > 5 * np.median(bright)  # compact knots stand out of the smooth ring
         assert truth.kind == "ring-galaxy" and not truth.label_candidate
+
+
+@pytest.mark.parametrize("with_stamps", [False, True])
+def test_star_forming_negatives_are_clumpy_blue_galaxies_of_the_searched_magnitude(monkeypatch, with_stamps):
+    """The central galaxy is a real morphology when stamps exist (an analytic disc with knots otherwise), keeps
+    the magnitude it was drawn with and has a star-forming colour."""
+    from lensengine.training import _sim_real
+    from lensengine.training._sim_physics import INSTRUMENT
+
+    img = np.zeros((40, 40))
+    img[12:15, 12:15] = 1.0
+    img[25:28, 24:27] = 0.6  # two knots: the kind of morphology that mimics a small lens
+    stamp = _sim_real._make_stamp("fake/knots", img, 0.03)
+    used = []
+    monkeypatch.setattr(negatives, "real_stamps", lambda: (stamp,) if with_stamps else ())
+    monkeypatch.setattr(negatives, "add_stamp_galaxy",
+                        lambda scene, rng, st, g: (used.append(st.name), _sim_real.add_stamp_galaxy(scene, rng, st, g)))
+    monkeypatch.setattr(negatives, "add_environment", lambda scene, rng: 0)  # the galaxy alone
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        scene, truth = negatives.sample_non_lens(rng, "star-forming", central="sky", environment="sparse")
+        assert truth.kind == "star-forming" and not truth.label_candidate and truth.mag_lens[0] <= 22.5
+        vis, h = scene.total[0], scene.total[3]
+        expected = INSTRUMENT.flux("VIS", truth.mag_lens[0])
+        assert 0.7 * expected < vis.sum() <= 1.001 * expected  # the clipped wings are all that is lost
+        assert -2.5 * np.log10(vis.sum() / h.sum()) < -2.5 * np.log10(
+            INSTRUMENT.flux("VIS", 20.0) / INSTRUMENT.flux("H", 19.0)) + 1.0  # bluer than VIS − H = 1 + 1
+        peak = np.sort(vis.ravel())[::-1]
+        assert peak[0] > 3 * peak[50]  # compact knots, not a smooth profile
+    assert used == (["fake/knots"] * 3 if with_stamps else [])
