@@ -317,10 +317,14 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
                 accept(start, simulate_batch(kind, count, seed, start, **options))
                 advance(count)
         else:
+            asked = logging.getLogger("distributed").level  # the CLI's choice (-v or not): importing resets it
             from dask.distributed import Client, LocalCluster, as_completed
 
-            # ":0": any free port (the scheduler serves HTTP even without a dashboard)
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+            if asked:
+                logging.getLogger("distributed").setLevel(asked)
+            # ":0": any free port (the scheduler serves HTTP even without a dashboard); this machine only
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:0")
             with cluster, Client(cluster) as client:
                 futures = [client.submit(simulate_batch, kind, count, seed, start, pure=False, **options)
                            for start, count in blocks]

@@ -384,6 +384,19 @@ def test_dask_workers_give_the_same_store(tmp_path):
     np.testing.assert_array_equal(got.nisp, one.nisp)
 
 
+@pytest.mark.slow
+def test_quiet_simulate_on_workers_prints_no_dask_chatter(tmp_path):
+    """-q means warnings and errors only, also when the simulation runs on a local Dask cluster."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "lensengine.engine", "-q", "simulate", "--kind", "lenses", "-n", "2",
+                          "--seed", "3", "--workers", "2", "--out", str(tmp_path / "q.zarr")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "INFO" not in res.stderr and "distributed" not in res.stderr, res.stderr
+
+
 def test_pixel_statistics_measure_a_known_galaxy_and_nothing_on_blank_sky():
     from lensengine.training._sim_report import measure_objects
 
