@@ -422,6 +422,10 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
         net.load_state_dict(ckpt["model_state"])
         if ckpt.get("hard_scores") is not None:
             hard_scores = ckpt["hard_scores"].numpy()
+            if len(hard_scores) != len(train_set):  # a moved store may be resumed; another one starts mining afresh
+                log.warning("%s: the training store has %d cutouts, the checkpoint's mining scores %d: hard-negative "
+                            "mining restarts from this epoch's scores", spec.name, len(train_set), len(hard_scores))
+                hard_scores = None
         optimizer.load_state_dict(ckpt["optimizer_state"])
         if scaler is not None and ckpt.get("scaler_state"):
             scaler.load_state_dict(ckpt["scaler_state"])

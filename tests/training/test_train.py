@@ -231,6 +231,20 @@ def _distance(state, w0) -> float:
     return sum(float(((state[k] - w0[k]) ** 2).sum()) for k in w0 if k.endswith("weight"))
 
 
+def test_resume_on_another_training_store_restarts_mining(store, tmp_path, caplog):
+    """train_store may change on resume; a store of another size drops the old mining scores, not the run."""
+    from lensengine.training.train import train
+
+    cfg = _cfg(model="OU-J", epochs=2, hard_negatives=0.3, max_train=None, max_val=None)
+    val = make_store(tmp_path / "val.zarr", n=16, seed=5)
+    train(cfg, store, tmp_path / "run", val=val, progress=False, export=False, stop_after=1)
+    bigger = make_store(tmp_path / "bigger.zarr", n=96, seed=9)
+    with caplog.at_level("WARNING", logger="lensengine.training.train"):
+        resumed = train(cfg, bigger, tmp_path / "run", val=val, progress=False, export=False, resume=True)
+    assert resumed.epochs_run == 2
+    assert "has 96 cutouts, the checkpoint's mining scores 64" in caplog.text
+
+
 def test_l2sp_pulls_towards_the_published_weights_and_resumes_exactly(store, tmp_path, published_weights_dir):
     from lensengine.training.checkpoint import load_checkpoint
     from lensengine.training.export import load_published
