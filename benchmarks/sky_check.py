@@ -30,7 +30,11 @@ per-model columns of different files (a new OU-66 family with the published OU-2
 
 A label may be scored in parts (``pub66`` for the OU-66 family on some stores, ``pub200`` for the rest):
 a model's column is looked up under ``<label>``, then ``<label>66`` / ``<label>200``.  Store names are the
-file stems: ``lenses``, ``hard``, ``sky*``, ``j0946``, ``real_galaxies``, ``frozen_nonlenses``.
+file stems: ``lenses``, ``hard``, ``sky*``, ``j0946``, ``real_galaxies``, ``frozen_nonlenses``, and the
+simulator-version-3 stores ``sf_sky`` (``--kind sky-negatives``: the sky mix with real star-forming galaxies)
+and ``sf_hard`` (``--kind hard-negatives``), reported apart so that the earlier stores keep their meaning:
+the v3 sky mix as a whole, and its star-forming galaxies (both stores) alone, with the share of them above
+the realistic mix's 0.1 % threshold.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import numpy as np
 MODEL_NAMES = ("OU-J", "OU-Y", "OU-H", "OU-JYH", "OU-66", "OU-VIS", "OU-200")
 FAMILY = {m: ("200" if m in ("OU-VIS", "OU-200") else "66") for m in MODEL_NAMES}
 ORDINARY = ("elliptical", "spiral-face-on", "spiral-edge-on", "close-pair", "blend")
+SF_STORES = ("sf_sky", "sf_hard")  # simulator version 3: real star-forming galaxies among the negatives
 
 
 def column(model: str) -> str:
@@ -147,7 +152,8 @@ def _finite(x: np.ndarray) -> np.ndarray:
 
 
 def figures(lens: np.ndarray, sky: np.ndarray, hard: np.ndarray | None, truth: dict, real: np.ndarray | None,
-            j0946: float | None, frozen: np.ndarray | None, frozen_kind: np.ndarray | None, bootstrap: int) -> dict:
+            j0946: float | None, frozen: np.ndarray | None, frozen_kind: np.ndarray | None, bootstrap: int,
+            sky_v3: np.ndarray | None = None, star_forming: np.ndarray | None = None) -> dict:
     from lensengine.training.metrics import operating_metrics, threshold_at_fpr
 
     out: dict = {}
@@ -175,6 +181,11 @@ def figures(lens: np.ndarray, sky: np.ndarray, hard: np.ndarray | None, truth: d
                                              if sel.any() else None,
                                              "tpr_fpr1": float(np.mean(lens[sel] > thr1)) if sel.any() else None}
     out["recall_bins"] = bins
+    for name, neg in (("sky_v3", sky_v3), ("star_forming", star_forming)):
+        if neg is not None and neg.size:
+            o = operating_metrics(lens, _finite(neg), bootstrap=bootstrap, seed=1)
+            out[name] = {k: o.get(k) for k in ("n_neg", "auroc", "tpr_fpr1", "tpr_fpr01", "ci", "reasons")}
+            out[name]["above_sky_fpr01"] = float(np.mean(neg > thr01))
     if real is not None:
         out["real"] = {"n": int(real.size), "above_fpr1": int(np.sum(real > thr1)),
                        "above_fpr01": int(np.sum(real > thr01)), "max": float(np.nanmax(real))}
@@ -207,6 +218,9 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
         j_p, _ = scores.matrix(["j0946"])
         frozen_p, frozen_t = scores.matrix(["frozen_nonlenses"])
         frozen_kind = None if frozen_t is None else frozen_t["TRUTH_KIND"].astype(str)
+        v3_p, _ = scores.matrix(["sf_sky"])
+        sf_p, sf_t = scores.matrix(list(SF_STORES))
+        is_sf = None if sf_t is None else sf_t["TRUTH_KIND"].astype(str) == "star-forming"
         results[name] = {}
         for key in (*MODEL_NAMES, "ensemble"):
             if key == "ensemble":
@@ -219,7 +233,8 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
             results[name][key] = figures(
                 pick(lens_p)[positive], sky, None if hard_p is None else pick(hard_p), truth,
                 None if real_p is None else pick(real_p), None if j_p is None else float(pick(j_p)[0]),
-                None if frozen_p is None else pick(frozen_p), frozen_kind, bootstrap)
+                None if frozen_p is None else pick(frozen_p), frozen_kind, bootstrap,
+                sky_v3=None if v3_p is None else pick(v3_p), star_forming=None if sf_p is None else pick(sf_p)[is_sf])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sky_check.json").write_text(json.dumps({"sets": sets, "results": results}, indent=1, default=float))
     (out_dir / "sky_check.md").write_text(markdown(results))
@@ -254,6 +269,20 @@ def markdown(results: dict) -> str:
             cells = [f"{_f(v['threshold'], 2)}: {'yes' if v['j0946_above'] else 'no'}, "
                      f"{_f(v['survey_lenses_above'], 2)} / {_f(v['easy_lenses_above'], 2)}" for v in fz.values()]
             lines.append(f"| {key} | {name} | " + " | ".join(cells) + " |")
+    v3 = [(key, name, per[key]) for key in (*MODEL_NAMES, "ensemble") for name, per in results.items()
+          if per[key].get("sky_v3") or per[key].get("star_forming")]
+    if v3:
+        lines += ["", "Simulator version 3 (real star-forming galaxies among the negatives): the v3 sky mix "
+                  "(`sf_sky`) as a whole, and its star-forming galaxies with those of the v3 hard mix alone; "
+                  "'above' is the share of them above the realistic mix's 0.1 % threshold.", "",
+                  "| model | set | AUROC sky v3 | TPR@1% sky v3 | TPR@0.1% sky v3 | AUROC star-forming "
+                  "| TPR@1% star-forming | star-forming above | n sky v3 / star-forming |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for key, name, r in v3:
+            a, b = r.get("sky_v3") or {}, r.get("star_forming") or {}
+            lines.append(f"| {key} | {name} | {_f(a.get('auroc'))} | {_f(a.get('tpr_fpr1'))} "
+                         f"| {_f(a.get('tpr_fpr01'))} | {_f(b.get('auroc'))} | {_f(b.get('tpr_fpr1'))} "
+                         f"| {_f(b.get('above_sky_fpr01'))} | {a.get('n_neg', '—')} / {b.get('n_neg', '—')} |")
     return "\n".join(lines) + "\n"
 
 
