@@ -101,7 +101,7 @@ def _real_cutouts(args):
         from lensengine.catalogs.store import SurveyStore
 
         st = SurveyStore.open(args.real_store)
-        tile = st.tiles()[0]
+        tile = st.tiles[0]
         b = st.read(tile, 0, st.n_cutouts(tile))
         return _Cutouts(b.vis, b.nisp, {k: np.asarray(v) for k, v in b.truth.items()})
     from lensengine.training.realcheck import galaxy_cutouts
