@@ -18,7 +18,7 @@ import numpy as np
 
 from lensengine.training._sim_physics import sed_table
 from lensengine.training._sim_real import add_stamp_galaxy, real_stamps
-from lensengine.training._sim_render import GRID_X, GRID_Y, PIX, Scene, ring, sersic, window
+from lensengine.training._sim_render import GRID_X, GRID_Y, Scene, ring, sersic, unit_on_grid, window
 from lensengine.training._sim_scenes import (
     CROWDED_FRACTION, SURVEY_SIGMA, Galaxy, SystemTruth, _add_galaxy, _centre, _field_galaxy, _kpc_to_arcsec, _pick, _sample_sigma,
     add_environment, add_sky_environment, sample_deflector,
@@ -200,20 +200,13 @@ def _star_forming(scene, rng, main: Galaxy):
         return
     X, Y = where[2], where[3]
     f_knots = rng.uniform(0.3, 0.7)
-    light = (1 - f_knots) * _on_grid(sersic(X, Y, r_e, 1.0, g.q, g.phi, g.x, g.y))
+    light = (1 - f_knots) * unit_on_grid(sersic(X, Y, r_e, 1.0, g.q, g.phi, g.x, g.y))
     n_k = int(rng.integers(2, 7))
     rr, th = r_e * rng.uniform(0.2, 1.5, n_k), rng.uniform(0, 2 * np.pi, n_k)
     w = 10 ** rng.normal(0, 0.5, n_k)
     for kx, ky, wi in zip(g.x + rr * np.cos(th), g.y + rr * np.sin(th), f_knots * w / w.sum()):
-        light += wi * _on_grid(_clump(X, Y, kx, ky, rng.uniform(0.03, 0.12)))
+        light += wi * unit_on_grid(_clump(X, Y, kx, ky, rng.uniform(0.03, 0.12)))
     scene.add(light, g.mags, where=where)
-
-
-def _on_grid(sb):
-    """``sb`` rescaled to unit flux as sampled on the 0.1″ pixels (a knot narrower than a pixel is sampled
-    coarsely)."""
-    total = float(sb.sum()) * PIX * PIX
-    return sb / total if total > 0 else sb
 
 
 def sample_non_lens(rng, subtype: str | None = None, *, mix: dict | None = None, central: str = "deflector",

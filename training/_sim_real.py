@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from lensengine.training._sim_render import PIX, window
+from lensengine.training._sim_render import unit_on_grid, window
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,5 @@ def add_stamp_galaxy(scene, rng, st: Stamp, g):
     if where is None:
         return
     sb = stamp_sb(st, where[2], where[3], g.x, g.y, g.r_e, rng.uniform(0, 2 * np.pi), bool(rng.integers(2)))
-    total = float(sb.sum()) * PIX * PIX
-    if total > 0:
-        scene.add(sb / total, g.mags, where=where)
+    if sb.any():
+        scene.add(unit_on_grid(sb), g.mags, where=where)

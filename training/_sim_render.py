@@ -31,7 +31,7 @@ from scipy.special import gamma as gamma_fn
 from lensengine.engine.specs import BANDS
 from lensengine.training._sim_physics import DEPTH_JITTER_MAG, DEPTH_TARGET, INSTRUMENT, PSF_JITTER, Instrument
 
-__all__ = ["N_VIS", "PIX", "GRID_X", "GRID_Y", "window", "sersic", "ring", "Scene", "Rendered", "render",
+__all__ = ["N_VIS", "PIX", "GRID_X", "GRID_Y", "unit_on_grid", "window", "sersic", "ring", "Scene", "Rendered", "render",
            "arc_statistics", "PsfParams", "psf_parameters", "psf_kernel", "limiting_magnitude",
            "calibrate_depth_scale"]
 
@@ -85,8 +85,14 @@ def ring(x, y, radius, width, q, phi, cx, cy, *, arms: int = 0, arm_phase: float
         theta = np.arctan2(yr, xr)
         wind = np.log(np.maximum(r, 0.05)) / float(np.tan(max(pitch, 0.05)))
         prof = prof * (1.0 + float(arm_contrast) * np.cos(arms * (theta - wind) + float(arm_phase)))
-    total = float(prof.sum()) * PIX * PIX
-    return prof / total if total > 0 else prof
+    return unit_on_grid(prof)
+
+
+def unit_on_grid(sb: np.ndarray) -> np.ndarray:
+    """``sb`` (per arcsec²) rescaled to unit flux as sampled on the 0.1″ pixels: profiles cut by the stamp, and
+    features narrower than a pixel (sampled at the pixel centres), keep their nominal flux.  All-zero stays zero."""
+    total = float(sb.sum()) * PIX * PIX
+    return sb / total if total > 0 else sb
 
 
 def window(cx: float, cy: float, half: float):
