@@ -18,7 +18,7 @@ import numpy as np
 
 from lensengine.training._sim_physics import sed_table
 from lensengine.training._sim_real import add_stamp_galaxy, real_stamps
-from lensengine.training._sim_render import GRID_X, GRID_Y, Scene, ring, sersic, unit_on_grid, window
+from lensengine.training._sim_render import GRID_X, GRID_Y, Scene, pixel_gaussian, ring, sersic, unit_on_grid, window
 from lensengine.training._sim_scenes import (
     CROWDED_FRACTION, SURVEY_SIGMA, Galaxy, SystemTruth, _add_galaxy, _centre, _field_galaxy, _kpc_to_arcsec, _pick, _sample_sigma,
     add_environment, add_sky_environment, sample_deflector,
@@ -56,12 +56,6 @@ def _starforming_mags(rng, z, m_vis, cls="starburst"):
     return m_vis + sed.colours(sed.sample_coefficients(rng, cls), z)
 
 
-def _clump(x, y, cx, cy, size):
-    """A compact star-forming knot: unit-flux circular Gaussian of FWHM ``size`` (arcsec)."""
-    s2 = (size / 2.3548) ** 2
-    return np.exp(-0.5 * ((x - cx) ** 2 + (y - cy) ** 2) / s2) / (2 * np.pi * s2)
-
-
 def _add_knots(scene, rng, positions, mags_total, size_range=(0.03, 0.08)):
     """Knots at ``positions`` sharing the flux of ``mags_total`` with log-normal weights (0.5 dex)."""
     w = 10 ** rng.normal(0, 0.5, len(positions))
@@ -69,8 +63,8 @@ def _add_knots(scene, rng, positions, mags_total, size_range=(0.03, 0.08)):
     for (kx, ky), wi in zip(positions, w):
         where = window(kx, ky, 0.4)
         if where is not None:
-            scene.add(_clump(where[2], where[3], kx, ky, rng.uniform(*size_range)), mags_total - 2.5 * np.log10(wi),
-                      where=where)
+            scene.add(pixel_gaussian(where[2], where[3], kx, ky, rng.uniform(*size_range)),
+                      mags_total - 2.5 * np.log10(wi), where=where)
 
 
 def _ring_galaxy(scene, rng, main: Galaxy):
@@ -129,7 +123,7 @@ def _tidal_tail(scene, rng, x0, y0, z, m_vis):
         size = 0.25 + 0.6 * ti
         where = window(bx, by, 2.0 * size)
         if where is not None:
-            scene.add(_clump(where[2], where[3], bx, by, size), mags - 2.5 * np.log10(wi), where=where)
+            scene.add(pixel_gaussian(where[2], where[3], bx, by, size), mags - 2.5 * np.log10(wi), where=where)
     k = int(rng.integers(0, 6))
     if k:
         idx = rng.integers(0, n, k)
@@ -205,7 +199,7 @@ def _star_forming(scene, rng, main: Galaxy):
     rr, th = r_e * rng.uniform(0.2, 1.5, n_k), rng.uniform(0, 2 * np.pi, n_k)
     w = 10 ** rng.normal(0, 0.5, n_k)
     for kx, ky, wi in zip(g.x + rr * np.cos(th), g.y + rr * np.sin(th), f_knots * w / w.sum()):
-        light += wi * unit_on_grid(_clump(X, Y, kx, ky, rng.uniform(0.03, 0.12)))
+        light += wi * unit_on_grid(pixel_gaussian(X, Y, kx, ky, rng.uniform(0.03, 0.12)))
     scene.add(light, g.mags, where=where)
 
 

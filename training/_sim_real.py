@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from lensengine.training._sim_render import unit_on_grid, window
+from lensengine.training._sim_render import pixel_average, subpixel_grid, unit_on_grid, window
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,13 @@ def stamp_sb(st: Stamp, x, y, cx: float, cy: float, r_e: float, angle: float, fl
 
 
 def add_stamp_galaxy(scene, rng, st: Stamp, g):
-    """An unlensed real-stamp galaxy with the size, magnitudes and position of ``g`` (flux normalised on the
-    grid, since a stamp smaller than the 0.1″ pixels is sampled coarsely)."""
+    """An unlensed real-stamp galaxy with the size, magnitudes and position of ``g`` (averaged over sub-pixel
+    positions, and its flux normalised on the grid for the part the stamp window cuts off)."""
     half = min(max(4.0 * g.r_e, 1.0), 8.0)
     where = window(g.x, g.y, half)
     if where is None:
         return
-    sb = stamp_sb(st, where[2], where[3], g.x, g.y, g.r_e, rng.uniform(0, 2 * np.pi), bool(rng.integers(2)))
+    sx, sy = subpixel_grid(where[2], where[3])
+    sb = pixel_average(stamp_sb(st, sx, sy, g.x, g.y, g.r_e, rng.uniform(0, 2 * np.pi), bool(rng.integers(2))))
     if sb.any():
         scene.add(unit_on_grid(sb), g.mags, where=where)

@@ -10,7 +10,12 @@ NISP bands are convolved on the 0.1″ grid and then summed in 3 × 3 blocks ove
 the central 198 × 198 pixels, giving 66 × 66 pixels of 0.3″: the NISP PSF is
 undersampled by its pixels as in the real instrument.  The expensive part (ray
 tracing and profile evaluation) is done once for all four bands.  Profiles
-are sampled at pixel centres (no supersampling).
+are sampled at pixel centres, except where features can be smaller than a pixel:
+lensed light is averaged over ``SUBSAMPLE`` × ``SUBSAMPLE`` ray-traced
+positions per pixel (:func:`subpixel_grid`, :func:`pixel_average`), real
+stamps likewise, and star-forming knots are Gaussians integrated exactly over
+each pixel (:func:`pixel_gaussian`), so that a source or knot smaller than a
+pixel keeps its flux and shape instead of landing on or between pixel centres.
 
 Units: e-/s per pixel, background (sky) subtracted.  Noise per pixel is
 Gaussian with the variance of the Poisson counts of the source plus the
@@ -26,18 +31,24 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import label
 from scipy.signal import fftconvolve
+from scipy.special import erf
 from scipy.special import gamma as gamma_fn
 
 from lensengine.engine.specs import BANDS
 from lensengine.training._sim_physics import DEPTH_JITTER_MAG, DEPTH_TARGET, INSTRUMENT, PSF_JITTER, Instrument
 
-__all__ = ["N_VIS", "PIX", "GRID_X", "GRID_Y", "unit_on_grid", "window", "sersic", "ring", "Scene", "Rendered", "render",
+__all__ = ["N_VIS", "PIX", "SUBSAMPLE", "GRID_X", "GRID_Y", "unit_on_grid", "subpixel_grid", "pixel_average",
+           "pixel_gaussian", "window", "sersic", "ring", "Scene", "Rendered", "render",
            "arc_statistics", "PsfParams", "psf_parameters", "psf_kernel", "limiting_magnitude",
            "calibrate_depth_scale"]
 
 N_VIS = 200
 PIX = 0.1
 N_NISP = 66
+#: sub-pixel samples per axis for light that can be smaller than a pixel (lensed sources, real stamps).  Peak
+#: error after the VIS PSF against the exact pixel integral, lensed Sérsic of half-light radius 0.1″ / 0.05″ /
+#: 0.02″: 1 sample 7-11 % / 23-27 % / 55-84 %; 3 samples < 1 % / 2-3 % / 6-8 %; 4 samples < 0.5 % / < 0.5 % / 3 %
+SUBSAMPLE = 3
 _c = (np.arange(N_VIS) - (N_VIS - 1) / 2.0) * PIX
 GRID_X, GRID_Y = (a.ravel().astype(np.float32) for a in np.meshgrid(_c, _c))  # arcsec; x: columns, y: rows
 _R_MIN = 0.02  # arcsec: radius floor for cuspy profiles sampled at pixel centres
@@ -93,6 +104,32 @@ def unit_on_grid(sb: np.ndarray) -> np.ndarray:
     features narrower than a pixel (sampled at the pixel centres), keep their nominal flux.  All-zero stays zero."""
     total = float(sb.sum()) * PIX * PIX
     return sb / total if total > 0 else sb
+
+
+def subpixel_grid(x: np.ndarray, y: np.ndarray, n: int = SUBSAMPLE) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` × ``n`` sample positions spread evenly over each 0.1″ pixel centred on (x, y): arrays of shape
+    ``(n * n, *x.shape)``.  Evaluate a profile there and :func:`pixel_average` it."""
+    off = ((np.arange(n) + 0.5) / n - 0.5) * PIX
+    dx, dy = np.meshgrid(off, off)
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
+    shape = (n * n,) + (1,) * x.ndim
+    return ((x[None] + dx.reshape(shape)).astype(np.float32), (y[None] + dy.reshape(shape)).astype(np.float32))
+
+
+def pixel_average(sb: np.ndarray) -> np.ndarray:
+    """The pixel values of ``sb`` evaluated on :func:`subpixel_grid` positions: the mean over its first axis."""
+    return np.asarray(sb).mean(axis=0, dtype=np.float32)
+
+
+def pixel_gaussian(x, y, cx: float, cy: float, fwhm: float) -> np.ndarray:
+    """Unit-flux circular Gaussian of ``fwhm`` (arcsec) at (cx, cy), integrated exactly over the 0.1″ pixels
+    centred on (x, y) and returned per arcsec²: a knot smaller than a pixel keeps its flux wherever it falls."""
+    s = max(float(fwhm), 1e-3) / 2.3548 * np.sqrt(2.0)
+    h = PIX / 2
+    dx, dy = np.asarray(x, dtype=np.float64) - cx, np.asarray(y, dtype=np.float64) - cy
+    fx = 0.5 * (erf((dx + h) / s) - erf((dx - h) / s))
+    fy = 0.5 * (erf((dy + h) / s) - erf((dy - h) / s))
+    return (fx * fy / (PIX * PIX)).astype(np.float32)
 
 
 def window(cx: float, cy: float, half: float):

@@ -32,7 +32,7 @@ from lensengine.training._sim_physics import (
 from lensengine.training._sim_real import (
     REAL_NEIGHBOUR_FRACTION, REAL_SOURCE_FRACTION, Stamp, add_stamp_galaxy, real_galaxy_role, real_stamps, stamp_sb,
 )
-from lensengine.training._sim_render import GRID_X, GRID_Y, Scene, sersic, window
+from lensengine.training._sim_render import GRID_X, GRID_Y, Scene, pixel_average, sersic, subpixel_grid, window
 
 __all__ = ["Galaxy", "SystemTruth", "sample_deflector", "sample_single_lens", "sample_compound",
            "sample_survey_lens", "SURVEY_LENS_TYPES", "SOURCE_COLOURS", "add_environment", "add_sky_environment",
@@ -189,7 +189,8 @@ def _source_sed(rng, source_colour):
 
 def _add_source(scene, rng, bx, by, z_s, cx, cy, sed_cls, *, where=None, mag_range=SOURCE_MAG, r_e=None,
                 stamp: Stamp | None = None, max_clumps: int = 4, mag_slope: float = 0.0):
-    """A lensed source evaluated at ray-traced coordinates (bx, by); returns its magnitudes.
+    """A lensed source evaluated at ray-traced coordinates (bx, by) of :func:`subpixel_grid` positions (averaged
+    over each pixel, so sources and clumps smaller than a pixel keep their flux); returns its magnitudes.
 
     A Sérsic profile with 0-``max_clumps`` star-forming clumps, or the real
     galaxy ``stamp`` scaled to ``r_e`` (random orientation and mirror).
@@ -205,20 +206,22 @@ def _add_source(scene, rng, bx, by, z_s, cx, cy, sed_cls, *, where=None, mag_ran
         r_e = float(np.clip(SOURCE_RE[0] * 10 ** rng.normal(0, SOURCE_RE[1]), 0.05, 1.0))
     if stamp is not None:
         sb = stamp_sb(stamp, bx, by, cx, cy, r_e, rng.uniform(0, 2 * np.pi), bool(rng.integers(2)))
-        scene.add(sb, mags, lensed=True, where=where)
+        scene.add(pixel_average(sb), mags, lensed=True, where=where)
         return mags
     n = rng.uniform(0.5, 2.0)
     q, phi = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
     n_clumps = rng.integers(0, max_clumps + 1)
     f_clumps = rng.uniform(0.1, 0.4) if n_clumps else 0.0
-    scene.add(sersic(bx, by, r_e, n, q, phi, cx, cy), mags - 2.5 * np.log10(1 - f_clumps), lensed=True, where=where)
+    scene.add(pixel_average(sersic(bx, by, r_e, n, q, phi, cx, cy)), mags - 2.5 * np.log10(1 - f_clumps), lensed=True,
+              where=where)
     if n_clumps:
         # clumps are younger (bluer) than the host: shift their colours by up to 0.3 mag
         clump_col = colours * rng.uniform(0.4, 1.0)
         for _ in range(n_clumps):
             rr, th = r_e * rng.uniform(0.2, 1.2), rng.uniform(0, 2 * np.pi)
             sb = sersic(bx, by, rng.uniform(0.02, 0.06), 0.5, 1.0, 0.0, cx + rr * np.cos(th), cy + rr * np.sin(th))
-            scene.add(sb, m_vis + clump_col - 2.5 * np.log10(f_clumps / n_clumps), lensed=True, where=where)
+            scene.add(pixel_average(sb), m_vis + clump_col - 2.5 * np.log10(f_clumps / n_clumps), lensed=True,
+                      where=where)
     return mags
 
 
@@ -330,6 +333,13 @@ def _multi_plane(model_list, z_list, z_source):
                          z_source_convention=Z_REF, cosmo=_astropy_cosmo())
 
 
+def _ray_trace(model, x, y, kw) -> tuple[np.ndarray, np.ndarray]:
+    """Source-plane positions of the :func:`subpixel_grid` samples of the pixels at (x, y)."""
+    sx, sy = subpixel_grid(x, y)
+    bx, by = model.ray_shooting(sx, sy, kw)
+    return np.asarray(bx, dtype=np.float32), np.asarray(by, dtype=np.float32)
+
+
 def _sie_kwargs(theta_e, g: Galaxy, rng):
     q_mass = float(np.clip(g.q + rng.normal(0, 0.1), 0.4, 1.0))
     e1, e2 = _e1e2(q_mass, g.phi + rng.normal(0, 0.1))
@@ -347,8 +357,7 @@ def sample_single_lens(rng, source_colour="mixed") -> tuple[Scene, SystemTruth]:
           {"gamma1": rng.normal(0, SHEAR_SD), "gamma2": rng.normal(0, SHEAR_SD), "ra_0": x, "dec_0": y}]
     # lensed images lie within ~2 θ_E of the deflector: trace only that window
     where = window(x, y, 2.0 * theta_e + 2.5)
-    bx, by = _single_plane().ray_shooting(where[2], where[3], kw)
-    bx, by = np.asarray(bx, dtype=np.float32), np.asarray(by, dtype=np.float32)
+    bx, by = _ray_trace(_single_plane(), where[2], where[3], kw)
     r_src = theta_e * SOURCE_OFFSET * np.sqrt(rng.uniform())  # uniform in area inside SOURCE_OFFSET θ_E
     a = rng.uniform(0, 2 * np.pi)
     sed_cls = _source_sed(rng, source_colour)
@@ -398,13 +407,13 @@ def sample_compound(rng, kind: str, source_colour="mixed") -> tuple[Scene, Syste
     kw1, kw2 = _sie_kwargs(te_ref[0], l1, rng), _sie_kwargs(te_ref[1], l2, rng)
     # the shear is given at the first plane for a source at Z_REF too
     to_source = _multi_plane(["SIE", "SHEAR", "SIE"], [l1.z, l1.z, l2.z], z_s)
-    bx, by = (np.asarray(a, dtype=np.float32) for a in to_source.ray_shooting(GRID_X, GRID_Y, [kw1, shear, kw2]))
+    bx, by = _ray_trace(to_source, GRID_X, GRID_Y, [kw1, shear, kw2])
     to_l2 = _multi_plane(["SIE", "SHEAR"], [l1.z, l1.z], l2.z)
-    b2x, b2y = (np.asarray(a, dtype=np.float32) for a in to_l2.ray_shooting(GRID_X, GRID_Y, [kw1, shear]))
+    b2x, b2y = _ray_trace(to_l2, GRID_X, GRID_Y, [kw1, shear])
     sed_cls = _source_sed(rng, source_colour)
     scene = Scene()
     _add_galaxy(scene, l1)
-    scene.add(sersic(b2x, b2y, l2.r_e, l2.n, l2.q, l2.phi, l2.x, l2.y), l2.mags)  # lensed by the first deflector
+    scene.add(pixel_average(sersic(b2x, b2y, l2.r_e, l2.n, l2.q, l2.phi, l2.x, l2.y)), l2.mags)  # lensed by the first
     mags_s = _add_source(scene, rng, bx, by, z_s, xs, ys, sed_cls)
     n_nb = add_environment(scene, rng)
     truth = SystemTruth(kind=kind.rstrip("s"), label_candidate=True, theta_e=te[0], theta_e2=te[1],
@@ -453,8 +462,7 @@ def sample_survey_lens(rng, source_colour="mixed") -> tuple[Scene, SystemTruth]:
             reach = max(reach, sep)
     kw.append({"gamma1": rng.normal(0, SHEAR_SD), "gamma2": rng.normal(0, SHEAR_SD), "ra_0": x, "dec_0": y})
     where = window(x, y, 2.0 * theta_e + 2.5 + reach)
-    bx, by = _group_plane(len(deflectors)).ray_shooting(where[2], where[3], kw)
-    bx, by = np.asarray(bx, dtype=np.float32), np.asarray(by, dtype=np.float32)
+    bx, by = _ray_trace(_group_plane(len(deflectors)), where[2], where[3], kw)
     compact = lens_type == "compact"
     offset = 0.35 if compact else SURVEY_SOURCE_OFFSET
     r_src = theta_e * offset * np.sqrt(rng.uniform())

@@ -62,7 +62,7 @@ MAX_ATTEMPTS = 20
 #: bumped whenever the same (kind, seed) would give different pixels; stores record it and the cached
 #: example store is rebuilt when it differs (2: Euclid Wide depth, Moffat PSFs, realistic negatives;
 #: 3: real clumpy star-forming galaxies among the sky and hard negatives)
-SIMULATOR_VERSION = 3
+SIMULATOR_VERSION = 4
 TILE = "sim"
 SURVEY = "euclid-sim"
 

@@ -394,7 +394,9 @@ def test_quiet_simulate_on_workers_prints_no_dask_chatter(tmp_path):
                           "--seed", "3", "--workers", "2", "--out", str(tmp_path / "q.zarr")],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "INFO" not in res.stderr and "distributed" not in res.stderr, res.stderr
+    # Dask's INFO lines (scheduler and worker start-up) are the chatter; a loaded machine may still make Dask warn
+    # (an unresponsive event loop), and a warning is what -q keeps
+    assert "INFO" not in res.stderr, res.stderr
 
 
 def test_pixel_statistics_measure_a_known_galaxy_and_nothing_on_blank_sky():
@@ -461,3 +463,49 @@ def test_star_forming_negatives_are_clumpy_blue_galaxies_of_the_searched_magnitu
         local_max = (vis == maximum_filter(vis, size=3)) & (vis > 0.05 * vis.max())
         assert local_max.sum() >= 2  # knots: a smooth profile has one peak
     assert used == (["fake/knots"] * 3 if with_stamps else [])
+
+
+def test_knots_smaller_than_a_pixel_keep_their_flux_wherever_they_fall():
+    """Star-forming knots (FWHM 0.03-0.12″) are integrated over the 0.1″ pixels: sampled at pixel centres, a
+    0.03″ knot between centres would vanish and one on a centre would be several times too bright."""
+    rng = np.random.default_rng(5)
+    fluxes, peaks = [], []
+    for _ in range(50):
+        cx, cy = rng.uniform(-1, 1, 2)
+        where = rend.window(cx, cy, 0.4)
+        sb = rend.pixel_gaussian(where[2], where[3], cx, cy, 0.03)
+        fluxes.append(sb.sum() * rend.PIX ** 2)
+        peaks.append(sb.max() * rend.PIX ** 2)
+    assert np.allclose(fluxes, 1.0, atol=1e-5)
+    assert 0.25 <= min(peaks) and max(peaks) <= 1.0  # the knot shares at most 4 pixels, never more than its flux
+    scene = rend.Scene()
+    mags = np.full(4, 21.0)
+    negatives._add_knots(scene, np.random.default_rng(1), [(0.03, 0.02), (-0.55, 0.71), (1.26, -0.04)], mags)
+    assert scene.total[0].sum() == pytest.approx(phys.INSTRUMENT.flux("VIS", 21.0), rel=1e-4)
+
+
+def test_sources_smaller_than_a_pixel_keep_their_flux_at_any_sub_pixel_position():
+    """Lensed light is averaged over SUBSAMPLE² positions per pixel: an (unlensed, for a known answer) 0.05″
+    source keeps its flux wherever it sits; one sample per pixel (the old rendering) loses or multiplies it."""
+    from lensengine.training import _sim_scenes as scenes
+
+    where = rend.window(0.0, 0.0, 1.5)
+    expected = phys.INSTRUMENT.flux("VIS", 22.0)
+
+    def fluxes(n_sub):
+        sx, sy = rend.subpixel_grid(where[2], where[3], n_sub)
+        assert sx.shape == (n_sub ** 2, *where[2].shape)
+        assert np.allclose(rend.pixel_average(sx), where[2], atol=1e-6)  # samples centred on their pixel
+        out = []
+        for off in [(0.0, 0.0), (0.05, 0.05), (0.025, -0.04), (-0.05, 0.0), (0.01, 0.033), (0.045, -0.012)]:
+            scene = rend.Scene()
+            mags = scenes._add_source(scene, np.random.default_rng(3), sx, sy, 1.5, off[0], off[1], "blue",
+                                      where=where, mag_range=(22.0, 22.0), r_e=0.05, max_clumps=0)
+            assert mags[0] == pytest.approx(22.0)
+            out.append(scene.lensed.sum() / expected)
+        return np.array(out)
+
+    f = fluxes(rend.SUBSAMPLE)
+    assert f.max() / f.min() < 1.06 and f.min() > 0.85  # the rest: the cusp inside the 0.02″ radius floor
+    one = fluxes(1)
+    assert one.max() / one.min() > 1.3
