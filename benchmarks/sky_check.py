@@ -271,8 +271,9 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
                 results[name][key]["render"] = render_pair(v4, pick)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sky_check.json").write_text(json.dumps({"sets": sets, "results": results}, indent=1, default=float))
-    (out_dir / "sky_check.md").write_text(markdown(results))
-    print(markdown(results))
+    text = markdown(results, sets)
+    (out_dir / "sky_check.md").write_text(text)
+    print(text)
     return results
 
 
@@ -280,31 +281,45 @@ def _f(value, digits: int = 3) -> str:
     return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
 
-def markdown(results: dict) -> str:
+def _rows(results: dict, sets: dict | None):
+    """(model, set name, figures) in table order.  A single model's row is given once per distinct weights: the
+    first set that uses them, its name followed by how many later sets share them."""
+    for key in (*MODEL_NAMES, "ensemble"):
+        seen: dict = {}
+        for name in results:
+            label = None if key == "ensemble" or not sets else sets.get(name, {}).get("models", {}).get(key)
+            if label is not None:
+                seen.setdefault(label, []).append(name)
+        for name, per in results.items():
+            label = None if key == "ensemble" or not sets else sets.get(name, {}).get("models", {}).get(key)
+            if label is None:
+                yield key, name, per[key]
+            elif seen[label][0] == name:
+                more = len(seen[label]) - 1
+                yield key, name + (f" (+{more} later sets, same weights)" if more else ""), per[key]
+
+
+def markdown(results: dict, sets: dict | None = None) -> str:
     lines = ["| model | set | AUROC sky | TPR@1% sky | TPR@0.1% sky | TPR@0.1% easy | AUROC hard | TPR@1% hard "
              "| J0946 P | real above 1% / 0.1% thr | n sky / hard / lenses |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key in (*MODEL_NAMES, "ensemble"):
-        for name, per in results.items():
-            r = per[key]
-            sky, hard, real = r["sky"], r.get("hard", {}), r.get("real", {})
-            lines.append(f"| {key} | {name} | {_f(sky['auroc'])} | {_f(sky['tpr_fpr1'])} | {_f(sky['tpr_fpr01'])} "
-                         f"| {_f(sky.get('tpr_fpr01_easy'))} | {_f(hard.get('auroc'))} | {_f(hard.get('tpr_fpr1'))} "
-                         f"| {_f(r['j0946'])} | {real.get('above_fpr1', '—')} / {real.get('above_fpr01', '—')} of "
-                         f"{real.get('n', '—')} | {sky['n_neg']} / {hard.get('n_neg', '—')} / {sky['n_lens']} |")
+    for key, name, r in _rows(results, sets):
+        sky, hard, real = r["sky"], r.get("hard", {}), r.get("real", {})
+        lines.append(f"| {key} | {name} | {_f(sky['auroc'])} | {_f(sky['tpr_fpr1'])} | {_f(sky['tpr_fpr01'])} "
+                     f"| {_f(sky.get('tpr_fpr01_easy'))} | {_f(hard.get('auroc'))} | {_f(hard.get('tpr_fpr1'))} "
+                     f"| {_f(r['j0946'])} | {real.get('above_fpr1', '—')} / {real.get('above_fpr01', '—')} of "
+                     f"{real.get('n', '—')} | {sky['n_neg']} / {hard.get('n_neg', '—')} / {sky['n_lens']} |")
     lines += ["", "Hidden-check negatives (b9282e6 `non-lenses --seed 4242`): threshold at 1 % of each group; "
               "J0946 above it?; fraction of simulated survey lenses (all / easy) above it.", "",
               "| model | set | ellipticals | ordinary mix | all |", "|---|---|---|---|---|"]
-    for key in (*MODEL_NAMES, "ensemble"):
-        for name, per in results.items():
-            fz = per[key].get("frozen")
-            if not fz:
-                continue
-            cells = [f"{_f(v['threshold'], 2)}: {'yes' if v['j0946_above'] else 'no'}, "
-                     f"{_f(v['survey_lenses_above'], 2)} / {_f(v['easy_lenses_above'], 2)}" for v in fz.values()]
-            lines.append(f"| {key} | {name} | " + " | ".join(cells) + " |")
-    v3 = [(key, name, per[key]) for key in (*MODEL_NAMES, "ensemble") for name, per in results.items()
-          if per[key].get("sky_v3") or per[key].get("star_forming")]
+    for key, name, r in _rows(results, sets):
+        fz = r.get("frozen")
+        if not fz:
+            continue
+        cells = [f"{_f(v['threshold'], 2)}: {'yes' if v['j0946_above'] else 'no'}, "
+                 f"{_f(v['survey_lenses_above'], 2)} / {_f(v['easy_lenses_above'], 2)}" for v in fz.values()]
+        lines.append(f"| {key} | {name} | " + " | ".join(cells) + " |")
+    v3 = [(key, name, r) for key, name, r in _rows(results, sets) if r.get("sky_v3") or r.get("star_forming")]
     if v3:
         lines += ["", "Simulator version 3 (real star-forming galaxies among the negatives): the v3 sky mix "
                   "(`sf_sky`) as a whole, and its star-forming galaxies with those of the v3 hard mix alone; "
@@ -317,8 +332,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {key} | {name} | {_f(a.get('auroc'))} | {_f(a.get('tpr_fpr1'))} "
                          f"| {_f(a.get('tpr_fpr01'))} | {_f(b.get('auroc'))} | {_f(b.get('tpr_fpr1'))} "
                          f"| {_f(b.get('above_sky_fpr01'))} | {a.get('n_neg', '—')} / {b.get('n_neg', '—')} |")
-    rendered = [(key, name, per[key]["render"]) for key in (*MODEL_NAMES, "ensemble") for name, per in results.items()
-                if per[key].get("render")]
+    rendered = [(key, name, r["render"]) for key, name, r in _rows(results, sets) if r.get("render")]
     if rendered:
         lines += ["", "Rendering (simulator v4): the same scenes - survey lenses against the v3 sky mix and the v3 "
                   "hard mix - drawn by simulator v3 (lensed light and knots sampled at pixel centres) and by v4 "
