@@ -281,22 +281,22 @@ def _f(value, digits: int = 3) -> str:
     return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
 
-def _rows(results: dict, sets: dict | None):
-    """(model, set name, figures) in table order.  A single model's row is given once per distinct weights: the
-    first set that uses them, its name followed by how many later sets share them."""
+def _rows(results: dict, sets: dict | None, has=lambda r: True):
+    """(model, set name, figures) in table order, for the figures where ``has`` holds.  A single model's row is
+    given once per distinct weights: the first set that uses them, its name followed by how many later sets
+    share them."""
     for key in (*MODEL_NAMES, "ensemble"):
-        seen: dict = {}
-        for name in results:
-            label = None if key == "ensemble" or not sets else sets.get(name, {}).get("models", {}).get(key)
-            if label is not None:
-                seen.setdefault(label, []).append(name)
-        for name, per in results.items():
-            label = None if key == "ensemble" or not sets else sets.get(name, {}).get("models", {}).get(key)
-            if label is None:
-                yield key, name, per[key]
-            elif seen[label][0] == name:
-                more = len(seen[label]) - 1
-                yield key, name + (f" (+{more} later sets, same weights)" if more else ""), per[key]
+        rows = [(name, per[key]) for name, per in results.items() if has(per[key])]
+        label = {name: None if key == "ensemble" or not sets else sets.get(name, {}).get("models", {}).get(key)
+                 for name, _ in rows}
+        for name, r in rows:
+            if label[name] is None:
+                yield key, name, r
+                continue
+            same = [n for n, _ in rows if label[n] == label[name]]
+            if same[0] == name:
+                more = len(same) - 1
+                yield key, name + (f" (+{more} later sets, same weights)" if more else ""), r
 
 
 def markdown(results: dict, sets: dict | None = None) -> str:
@@ -312,14 +312,12 @@ def markdown(results: dict, sets: dict | None = None) -> str:
     lines += ["", "Hidden-check negatives (b9282e6 `non-lenses --seed 4242`): threshold at 1 % of each group; "
               "J0946 above it?; fraction of simulated survey lenses (all / easy) above it.", "",
               "| model | set | ellipticals | ordinary mix | all |", "|---|---|---|---|---|"]
-    for key, name, r in _rows(results, sets):
-        fz = r.get("frozen")
-        if not fz:
-            continue
+    for key, name, r in _rows(results, sets, lambda r: bool(r.get("frozen"))):
+        fz = r["frozen"]
         cells = [f"{_f(v['threshold'], 2)}: {'yes' if v['j0946_above'] else 'no'}, "
                  f"{_f(v['survey_lenses_above'], 2)} / {_f(v['easy_lenses_above'], 2)}" for v in fz.values()]
         lines.append(f"| {key} | {name} | " + " | ".join(cells) + " |")
-    v3 = [(key, name, r) for key, name, r in _rows(results, sets) if r.get("sky_v3") or r.get("star_forming")]
+    v3 = list(_rows(results, sets, lambda r: bool(r.get("sky_v3") or r.get("star_forming"))))
     if v3:
         lines += ["", "Simulator version 3 (real star-forming galaxies among the negatives): the v3 sky mix "
                   "(`sf_sky`) as a whole, and its star-forming galaxies with those of the v3 hard mix alone; "
@@ -332,7 +330,7 @@ def markdown(results: dict, sets: dict | None = None) -> str:
             lines.append(f"| {key} | {name} | {_f(a.get('auroc'))} | {_f(a.get('tpr_fpr1'))} "
                          f"| {_f(a.get('tpr_fpr01'))} | {_f(b.get('auroc'))} | {_f(b.get('tpr_fpr1'))} "
                          f"| {_f(b.get('above_sky_fpr01'))} | {a.get('n_neg', '—')} / {b.get('n_neg', '—')} |")
-    rendered = [(key, name, r["render"]) for key, name, r in _rows(results, sets) if r.get("render")]
+    rendered = [(key, name, r["render"]) for key, name, r in _rows(results, sets, lambda r: bool(r.get("render")))]
     if rendered:
         lines += ["", "Rendering (simulator v4): the same scenes - survey lenses against the v3 sky mix and the v3 "
                   "hard mix - drawn by simulator v3 (lensed light and knots sampled at pixel centres) and by v4 "
