@@ -413,7 +413,8 @@ def sample_compound(rng, kind: str, source_colour="mixed") -> tuple[Scene, Syste
     sed_cls = _source_sed(rng, source_colour)
     scene = Scene()
     _add_galaxy(scene, l1)
-    scene.add(pixel_average(sersic(b2x, b2y, l2.r_e, l2.n, l2.q, l2.phi, l2.x, l2.y)), l2.mags)  # lensed by the first
+    # the second deflector's light, lensed by the first deflector
+    scene.add(pixel_average(sersic(b2x, b2y, l2.r_e, l2.n, l2.q, l2.phi, l2.x, l2.y)), l2.mags)
     mags_s = _add_source(scene, rng, bx, by, z_s, xs, ys, sed_cls)
     n_nb = add_environment(scene, rng)
     truth = SystemTruth(kind=kind.rstrip("s"), label_candidate=True, theta_e=te[0], theta_e2=te[1],
