@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -12,6 +13,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LENSENGINE_SHARED", REPO.parent / "shared"))
 WEIGHTS = SHARED / "published-weights"
 REAL = SHARED / "real"
+BENCHMARKS = REPO / "benchmarks"
+
+
+def load_script(path: Path, name: str):
+    """Import a file that is not part of a package (a benchmark script, another test's helpers) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
+from tests.conftest import BENCHMARKS, load_script
+
+SCRIPT = BENCHMARKS / "bench_gpu.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("_bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "_bench_gpu")
 
 
 def test_dry_run_measures_every_section_and_writes_json(tmp_path, tiny_models):

@@ -3,14 +3,14 @@ measured beside the runners in the same run, and a summary that keeps reduced pr
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_runners.py"
+from tests.conftest import BENCHMARKS, load_script
+
+SCRIPT = BENCHMARKS / "bench_runners.py"
 
 
 @pytest.fixture(autouse=True)
@@ -19,10 +19,7 @@ def _own_cache(tmp_path_factory, monkeypatch):
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("_bench_runners", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "_bench_runners")
 
 
 def test_hard_rows_are_the_ones_fp32_scores_highest(tmp_path):

@@ -3,19 +3,13 @@ comparison (the same scenes drawn by simulator v3 and v4) computed from the pair
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sky_check.py"
+from tests.conftest import BENCHMARKS, load_script
 
 
 def _sky_check():
-    spec = importlib.util.spec_from_file_location("_sky_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARKS / "sky_check.py", "_sky_check")
 
 
 def test_single_model_rows_appear_once_per_weights_and_ensembles_always():
