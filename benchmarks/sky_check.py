@@ -36,7 +36,8 @@ and ``sf_hard`` (``--kind hard-negatives``), reported apart so that the earlier 
 the v3 sky mix as a whole, and its star-forming galaxies (both stores) alone, with the share of them above
 the realistic mix's 0.1 % threshold.  Simulator version 4 renders what is smaller than a pixel properly
 (sub-pixel lensed light, pixel-integrated knots); ``v4_lenses``, ``v4_sky`` and ``v4_hard`` are the stores
-``lenses``, ``sf_sky`` and ``sf_hard`` made again with the same seeds (the same scenes, drawn by v4) and are
+``lenses``, ``sf_sky`` and ``sf_hard`` made again with the same seeds (the same scenes drawn by v4, but for the
+few lenses on the edge of the detection rule, which are redrawn) and are
 reported beside them, so a model that learnt the old rendering shows it.
 """
 
