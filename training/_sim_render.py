@@ -100,8 +100,8 @@ def ring(x, y, radius, width, q, phi, cx, cy, *, arms: int = 0, arm_phase: float
 
 
 def unit_on_grid(sb: np.ndarray) -> np.ndarray:
-    """``sb`` (per arcsec²) rescaled to unit flux as sampled on the 0.1″ pixels: profiles cut by the stamp, and
-    features narrower than a pixel (sampled at the pixel centres), keep their nominal flux.  All-zero stays zero."""
+    """``sb`` (per arcsec²) rescaled to unit flux as sampled on the 0.1″ pixels, so that a profile cut by its
+    window or the stamp edge keeps its nominal flux.  All-zero stays zero."""
     total = float(sb.sum()) * PIX * PIX
     return sb / total if total > 0 else sb
 

@@ -61,7 +61,8 @@ TRAINING_NEGATIVES = {"elliptical": 0.4, "sky": 0.3, "hard": 0.3}
 MAX_ATTEMPTS = 20
 #: bumped whenever the same (kind, seed) would give different pixels; stores record it and the cached
 #: example store is rebuilt when it differs (2: Euclid Wide depth, Moffat PSFs, realistic negatives;
-#: 3: real clumpy star-forming galaxies among the sky and hard negatives)
+#: 3: real clumpy star-forming galaxies among the sky and hard negatives; 4: lensed light and real stamps averaged
+#: over sub-pixel positions, star-forming knots integrated over the pixels)
 SIMULATOR_VERSION = 4
 TILE = "sim"
 SURVEY = "euclid-sim"
