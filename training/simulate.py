@@ -28,6 +28,7 @@ records ``label_easy`` as well, so recall can be read against arc S/N and θ_E.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,8 @@ KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings", "surv
          "hard-negatives", "training-mix")
 #: kinds whose every cutout is meant to be a lens
 LENS_KINDS = ("lenses", "compound-arcs", "double-rings", "survey-lenses")
+#: kinds that draw real HST/JWST galaxies (sources, neighbours, star-forming negatives) when the stamps are found
+REAL_STAMP_KINDS = ("survey-lenses", "sky-negatives", "hard-negatives", "training-mix")
 #: training-mix non-lenses: lens-like ellipticals (deflector population), the sky's mix, confusers
 TRAINING_NEGATIVES = {"elliptical": 0.4, "sky": 0.3, "hard": 0.3}
 MAX_ATTEMPTS = 20
@@ -280,10 +283,16 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
 
     rule = kind_rule(kind, min_arc_snr)
     options = {"lens_fraction": lens_fraction, "source_colour": source_colour, "rule": rule}
+    n_stamps = len(real_stamps())
+    if kind in REAL_STAMP_KINDS and not n_stamps and os.environ.get("LENSENGINE_SIM_REAL", "1") != "0":
+        log.warning("%s: real galaxy stamps not found, so this %s store is drawn with analytic sources and "
+                    "neighbours only (provenance real_stamps=0) and differs from the store the same seed gives "
+                    "with them; set LENSENGINE_SHARED to the folder that holds real/galaxies, or "
+                    "LENSENGINE_SIM_REAL=0 to draw without them on purpose", path, kind)
     provenance = {"generator": "lensengine.training.simulate", "simulator_version": SIMULATOR_VERSION,
                   "kind": kind, "n": n, "seed": seed,
                   "lens_fraction": lens_fraction, "source_colour": source_colour, "label_rule": dict(rule.__dict__),
-                  "easy_rule": dict(LABEL_RULE.__dict__), "real_stamps": len(real_stamps()),
+                  "easy_rule": dict(LABEL_RULE.__dict__), "real_stamps": n_stamps,
                   "units": "e-/s per pixel, sky subtracted"}
     store = SurveyStore.create(path, survey=SURVEY, chunk_size=chunk_size, truth_columns=TRUTH_COLUMNS,
                                provenance=provenance, overwrite=overwrite)

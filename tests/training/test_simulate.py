@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -367,6 +369,28 @@ def test_analytic_fallback_without_real_stamps(monkeypatch):
     try:
         t = simulate_batch("survey-lenses", 2, seed=43).truth
         assert set(t["source_type"]) == {"sersic"}
+    finally:
+        real.real_stamps.cache_clear()
+
+
+def test_a_realistic_store_made_without_the_real_stamps_says_so(monkeypatch, tmp_path, caplog):
+    """A store whose real galaxies could not be found is flagged loudly: the same seed draws other pixels."""
+    from lensengine.catalogs.store import SurveyStore
+
+    monkeypatch.setenv("LENSENGINE_SHARED", str(tmp_path / "no-shared-here"))
+    monkeypatch.delenv("LENSENGINE_SIM_REAL", raising=False)
+    real.real_stamps.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="lensengine.training.simulate"):
+            path = simulate_store(tmp_path / "sky.zarr", "sky-negatives", 1, seed=45, progress=False)
+            warned = [r for r in caplog.records if r.levelno == logging.WARNING and "real galaxy stamps" in r.message]
+            assert len(warned) == 1 and "sky.zarr" in warned[0].message and "LENSENGINE_SHARED" in warned[0].message
+            assert SurveyStore.open(path).attrs["provenance"]["real_stamps"] == 0
+            caplog.clear()
+            simulate_store(tmp_path / "mixed.zarr", "mixed", 1, seed=45, progress=False)  # draws no real stamps
+            monkeypatch.setenv("LENSENGINE_SIM_REAL", "0")  # analytic on purpose
+            simulate_store(tmp_path / "off.zarr", "sky-negatives", 1, seed=45, progress=False)
+            assert not [r for r in caplog.records if "real galaxy stamps" in r.message]
     finally:
         real.real_stamps.cache_clear()
 
