@@ -264,6 +264,23 @@ def _blocks(n: int, block: int) -> list[tuple[int, int]]:
     return [(s, min(block, n - s)) for s in range(0, n, block)]
 
 
+#: the libraries whose releases can move a simulated pixel (profiles, cosmology, sampling, the stamps' cleaning)
+PIXEL_LIBRARIES = ("lensengine", "numpy", "scipy", "lenstronomy", "skypy", "astropy", "scikit-image")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of :data:`PIXEL_LIBRARIES`: the same seed is the same store only on the same ones."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in PIXEL_LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float = 0.72, source_colour: str = "mixed",
                    workers: int = 1, chunk_size: int = 1024, progress: bool = True, block: int = 32,
                    overwrite: bool = False, min_arc_snr: float | None = None) -> Path:
@@ -293,7 +310,7 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
                   "kind": kind, "n": n, "seed": seed,
                   "lens_fraction": lens_fraction, "source_colour": source_colour, "label_rule": dict(rule.__dict__),
                   "easy_rule": dict(LABEL_RULE.__dict__), "real_stamps": n_stamps,
-                  "units": "e-/s per pixel, sky subtracted"}
+                  "units": "e-/s per pixel, sky subtracted", "versions": library_versions()}
     store = SurveyStore.create(path, survey=SURVEY, chunk_size=chunk_size, truth_columns=TRUTH_COLUMNS,
                                provenance=provenance, overwrite=overwrite)
     blocks = _blocks(n, block)

@@ -385,7 +385,12 @@ def test_a_realistic_store_made_without_the_real_stamps_says_so(monkeypatch, tmp
             path = simulate_store(tmp_path / "sky.zarr", "sky-negatives", 1, seed=45, progress=False)
             warned = [r for r in caplog.records if r.levelno == logging.WARNING and "real galaxy stamps" in r.message]
             assert len(warned) == 1 and "sky.zarr" in warned[0].message and "LENSENGINE_SHARED" in warned[0].message
-            assert SurveyStore.open(path).attrs["provenance"]["real_stamps"] == 0
+            provenance = SurveyStore.open(path).attrs["provenance"]
+            assert provenance["real_stamps"] == 0
+            # the libraries that can move a pixel are recorded: a seed reproduces a store only on the same ones
+            import lenstronomy
+            assert provenance["versions"]["lenstronomy"] == lenstronomy.__version__
+            assert set(provenance["versions"]) >= {"numpy", "scipy", "skypy", "astropy", "scikit-image"}
             caplog.clear()
             simulate_store(tmp_path / "mixed.zarr", "mixed", 1, seed=45, progress=False)  # draws no real stamps
             monkeypatch.setenv("LENSENGINE_SIM_REAL", "0")  # analytic on purpose
