@@ -38,7 +38,10 @@ the realistic mix's 0.1 % threshold.  Simulator version 4 renders what is smalle
 (sub-pixel lensed light, pixel-integrated knots); ``v4_lenses``, ``v4_sky`` and ``v4_hard`` are the stores
 ``lenses``, ``sf_sky`` and ``sf_hard`` made again with the same seeds (the same scenes drawn by v4, but for the
 few lenses on the edge of the detection rule, which are redrawn) and are
-reported beside them, so a model that learnt the old rendering shows it.
+reported beside them, so a model that learnt the old rendering shows it.  Every ``v4_sky*`` store together
+(``v4_sky`` and, since stop 25, ``v4_sky_2027`` … ``v4_sky_2029``: ``--kind sky-negatives -n 5000 --seed
+<2027…2029>``, 20 000 in all) is the judged sky mix on v4 pixels: its own table gives AUROC and TPR at FPR
+1 % / 0.1 % with intervals against it and against ``v4_hard``.
 """
 
 from __future__ import annotations
@@ -234,6 +237,16 @@ def render_pair(v4: dict, pick) -> dict:
     return out
 
 
+def judged_v4(lens_p: np.ndarray, lens_t: dict, sky_p: np.ndarray, hard_p: np.ndarray | None, pick,
+              bootstrap: int) -> dict:
+    """The judged figures on simulator-v4 pixels: survey lenses against every ``v4_sky*`` store and ``v4_hard``."""
+    positive = lens_t["TRUTH_LABEL"] == 1
+    truth = {k: v[positive] for k, v in lens_t.items()}
+    out = figures(pick(lens_p)[positive], pick(sky_p), None if hard_p is None else pick(hard_p), truth,
+                  None, None, None, None, bootstrap)
+    return {k: out[k] for k in ("sky", "hard", "threshold_fpr1", "threshold_fpr01", "recall_bins") if k in out}
+
+
 def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
     results: dict = {}
     for name, cfg in sets.items():
@@ -254,6 +267,10 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
         sf_p, sf_t = scores.matrix(list(SF_STORES))
         is_sf = None if sf_t is None else sf_t["TRUTH_KIND"].astype(str) == "star-forming"
         v4 = _render_stores(scores)
+        v4_sky_stores = sorted({p.name.split("__")[1][:-8] for p in folder.glob("*__v4_sky*.parquet")})
+        v4_lens_p, v4_lens_t = scores.matrix(["v4_lenses"])
+        v4_sky_p, _ = scores.matrix(v4_sky_stores)
+        v4_hard_p, _ = scores.matrix(["v4_hard"])
         results[name] = {}
         for key in (*MODEL_NAMES, "ensemble"):
             if key == "ensemble":
@@ -270,6 +287,8 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
                 sky_v3=None if v3_p is None else pick(v3_p), star_forming=None if sf_p is None else pick(sf_p)[is_sf])
             if v4 is not None:
                 results[name][key]["render"] = render_pair(v4, pick)
+            if v4_lens_p is not None and v4_sky_p is not None:
+                results[name][key]["v4"] = judged_v4(v4_lens_p, v4_lens_t, v4_sky_p, v4_hard_p, pick, bootstrap)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sky_check.json").write_text(json.dumps({"sets": sets, "results": results}, indent=1, default=float))
     text = markdown(results, sets)
@@ -280,6 +299,12 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
 
 def _f(value, digits: int = 3) -> str:
     return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _ci(figs: dict, key: str) -> str:
+    """A figure with its 95 % bootstrap interval when there is one."""
+    ci = (figs.get("ci") or {}).get(key, {}).get("95")
+    return _f(figs.get(key)) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci and figs.get(key) is not None else "")
 
 
 def _rows(results: dict, sets: dict | None, has=lambda r: True):
@@ -331,6 +356,17 @@ def markdown(results: dict, sets: dict | None = None) -> str:
             lines.append(f"| {key} | {name} | {_f(a.get('auroc'))} | {_f(a.get('tpr_fpr1'))} "
                          f"| {_f(a.get('tpr_fpr01'))} | {_f(b.get('auroc'))} | {_f(b.get('tpr_fpr1'))} "
                          f"| {_f(b.get('above_sky_fpr01'))} | {a.get('n_neg', '—')} / {b.get('n_neg', '—')} |")
+    judged4 = list(_rows(results, sets, lambda r: bool(r.get("v4"))))
+    if judged4:
+        lines += ["", "Simulator v4 (the pixels the simulator draws now): the survey lenses (`v4_lenses`) against "
+                  "every `v4_sky*` store and the v4 hard mix (`v4_hard`); 95 % bootstrap intervals.", "",
+                  "| model | set | AUROC sky v4 | TPR@1% sky v4 [95 %] | TPR@0.1% sky v4 [95 %] | AUROC hard v4 "
+                  "| TPR@1% hard v4 [95 %] | n sky / hard / lenses |", "|---|---|---|---|---|---|---|---|"]
+        for key, name, r in judged4:
+            sky, hard = r["v4"]["sky"], r["v4"].get("hard", {})
+            lines.append(f"| {key} | {name} | {_f(sky['auroc'])} | {_ci(sky, 'tpr_fpr1')} | {_ci(sky, 'tpr_fpr01')} "
+                         f"| {_f(hard.get('auroc'))} | {_ci(hard, 'tpr_fpr1')} "
+                         f"| {sky['n_neg']} / {hard.get('n_neg', '—')} / {sky['n_lens']} |")
     rendered = [(key, name, r["render"]) for key, name, r in _rows(results, sets, lambda r: bool(r.get("render")))]
     if rendered:
         lines += ["", "Rendering (simulator v4): the same scenes - survey lenses against the v3 sky mix and the v3 "

@@ -39,3 +39,24 @@ def test_render_pair_scores_each_rendering_against_its_own_negatives():
     assert out["v3"]["tpr_fpr1"] > 0.3 and out["v4"]["tpr_fpr1"] < 0.05
     assert out["v3"]["tpr_fpr01"] is not None  # 5 000 negatives: the 0.1 % point rests on 5 false positives
     assert out["v3"]["n"] == [500, 5000]
+
+
+def test_judged_v4_uses_every_v4_sky_store_and_only_the_lenses():
+    sc = _sky_check()
+    rng = np.random.default_rng(1)
+    lens = np.concatenate([rng.normal(3, 1, (400, 7)), rng.normal(0, 1, (100, 7))])  # 100 non-lenses among them
+    truth = {"TRUTH_LABEL": np.r_[np.ones(400, int), np.zeros(100, int)], "TRUTH_ARC_SNR": rng.uniform(6, 80, 500),
+             "TRUTH_THETA_E": rng.uniform(0.2, 2, 500)}
+    sky = rng.normal(0, 1, (20000, 7))
+    out = sc.judged_v4(lens, truth, sky, sky[:2000], lambda p: p[:, 0], bootstrap=20)
+    assert out["sky"]["n_lens"] == 400 and out["sky"]["n_neg"] == 20000 and out["hard"]["n_neg"] == 2000
+    # the threshold at FPR 0.1 % is the 99.9th percentile of the 20 000 negatives, the TPR the lenses above it
+    thr = out["threshold_fpr01"]
+    assert abs(np.mean(sky[:, 0] > thr) - 1e-3) < 2e-4
+    assert out["sky"]["tpr_fpr01"] == np.mean(lens[:400, 0] > thr)
+    assert out["sky"]["ci"]["tpr_fpr01"]["95"][0] <= out["sky"]["tpr_fpr01"] <= out["sky"]["ci"]["tpr_fpr01"]["95"][1]
+    assert sum(b["n"] for k, b in out["recall_bins"].items() if k.startswith("arc_snr")) == 400
+    results = {"s": {k: {"v4": out, "sky": out["sky"], "hard": out["hard"], "j0946": None} for k in
+                     (*sc.MODEL_NAMES, "ensemble")}}
+    text = sc.markdown(results, {"s": {"models": dict.fromkeys(sc.MODEL_NAMES, "a")}})
+    assert "Simulator v4 (the pixels" in text and "| ensemble | s | " in text.split("Simulator v4 (the pixels")[1]
