@@ -247,15 +247,33 @@ def judged_v4(lens_p: np.ndarray, lens_t: dict, sky_p: np.ndarray, hard_p: np.nd
     return {k: out[k] for k in ("sky", "hard", "threshold_fpr1", "threshold_fpr01", "recall_bins") if k in out}
 
 
+def _picker(cfg: dict, key: str):
+    """The set's score per cutout from a (n, 7) matrix: one model's column, or the set's ensemble."""
+    if key == "ensemble":
+        return lambda p: ensemble_scores(cfg["ensemble"], p, cfg.get("tsne") or cfg.get("stack"))
+    return lambda p, j=MODEL_NAMES.index(key): p[:, j]
+
+
 def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
     results: dict = {}
     for name, cfg in sets.items():
         scores = Scores(folder, cfg["models"])
         sky_stores = sorted(p.name.split("__")[1][:-8] for p in folder.glob("*__sky*.parquet"))
         sky_stores = sorted(set(sky_stores))
+        v4_sky_stores = sorted({p.name.split("__")[1][:-8] for p in folder.glob("*__v4_sky*.parquet")})
+        v4_lens_p, v4_lens_t = scores.matrix(["v4_lenses"])
+        v4_sky_p, _ = scores.matrix(v4_sky_stores)
+        v4_hard_p, _ = scores.matrix(["v4_hard"])
+        has_v4 = v4_lens_p is not None and v4_sky_p is not None
         lens_p, lens_t = scores.matrix(["lenses"])
         if lens_p is None:
-            raise SystemExit(f"{name}: the lenses store is not scored by every model of the set")
+            if not has_v4:
+                raise SystemExit(f"{name}: neither the lenses store nor the v4 stores are scored by every model of "
+                                 "the set")
+            # a set scored on the v4 stores only: its figures there and nothing else
+            results[name] = {key: {"v4": judged_v4(v4_lens_p, v4_lens_t, v4_sky_p, v4_hard_p, _picker(cfg, key),
+                                                   bootstrap)} for key in (*MODEL_NAMES, "ensemble")}
+            continue
         positive = lens_t["TRUTH_LABEL"] == 1
         truth = {k: v[positive] for k, v in lens_t.items()}
         hard_p, _ = scores.matrix(["hard"])
@@ -267,19 +285,10 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
         sf_p, sf_t = scores.matrix(list(SF_STORES))
         is_sf = None if sf_t is None else sf_t["TRUTH_KIND"].astype(str) == "star-forming"
         v4 = _render_stores(scores)
-        v4_sky_stores = sorted({p.name.split("__")[1][:-8] for p in folder.glob("*__v4_sky*.parquet")})
-        v4_lens_p, v4_lens_t = scores.matrix(["v4_lenses"])
-        v4_sky_p, _ = scores.matrix(v4_sky_stores)
-        v4_hard_p, _ = scores.matrix(["v4_hard"])
         results[name] = {}
         for key in (*MODEL_NAMES, "ensemble"):
-            if key == "ensemble":
-                pick = lambda p: ensemble_scores(cfg["ensemble"], p, cfg.get("tsne") or cfg.get("stack"))  # noqa: E731
-                sky_p, _ = scores.matrix(sky_stores)
-                sky = pick(sky_p)
-            else:
-                pick = lambda p, j=MODEL_NAMES.index(key): p[:, j]  # noqa: E731
-                sky = scores.single(key, sky_stores)
+            pick = _picker(cfg, key)
+            sky = pick(scores.matrix(sky_stores)[0]) if key == "ensemble" else scores.single(key, sky_stores)
             results[name][key] = figures(
                 pick(lens_p)[positive], sky, None if hard_p is None else pick(hard_p), truth,
                 None if real_p is None else pick(real_p), None if j_p is None else float(pick(j_p)[0]),
@@ -287,7 +296,7 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
                 sky_v3=None if v3_p is None else pick(v3_p), star_forming=None if sf_p is None else pick(sf_p)[is_sf])
             if v4 is not None:
                 results[name][key]["render"] = render_pair(v4, pick)
-            if v4_lens_p is not None and v4_sky_p is not None:
+            if has_v4:
                 results[name][key]["v4"] = judged_v4(v4_lens_p, v4_lens_t, v4_sky_p, v4_hard_p, pick, bootstrap)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sky_check.json").write_text(json.dumps({"sets": sets, "results": results}, indent=1, default=float))
@@ -329,7 +338,7 @@ def markdown(results: dict, sets: dict | None = None) -> str:
     lines = ["| model | set | AUROC sky | TPR@1% sky | TPR@0.1% sky | TPR@0.1% easy | AUROC hard | TPR@1% hard "
              "| J0946 P | real above 1% / 0.1% thr | n sky / hard / lenses |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, name, r in _rows(results, sets):
+    for key, name, r in _rows(results, sets, lambda r: "sky" in r):
         sky, hard, real = r["sky"], r.get("hard", {}), r.get("real", {})
         lines.append(f"| {key} | {name} | {_f(sky['auroc'])} | {_f(sky['tpr_fpr1'])} | {_f(sky['tpr_fpr01'])} "
                      f"| {_f(sky.get('tpr_fpr01_easy'))} | {_f(hard.get('auroc'))} | {_f(hard.get('tpr_fpr1'))} "

@@ -60,3 +60,33 @@ def test_judged_v4_uses_every_v4_sky_store_and_only_the_lenses():
                      (*sc.MODEL_NAMES, "ensemble")}}
     text = sc.markdown(results, {"s": {"models": dict.fromkeys(sc.MODEL_NAMES, "a")}})
     assert "Simulator v4 (the pixels" in text and "| ensemble | s | " in text.split("Simulator v4 (the pixels")[1]
+
+
+def test_a_set_scored_on_the_v4_stores_only_gets_the_v4_table_alone(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    sc = _sky_check()
+    rng = np.random.default_rng(2)
+
+    def write(label, store, n, lens):
+        cols = {sc.column(m): rng.uniform(0.5 if lens else 0, 1 if lens else 0.6, n) for m in sc.MODEL_NAMES}
+        cols.update(TRUTH_LABEL=np.full(n, int(lens)), TRUTH_ARC_SNR=rng.uniform(6, 80, n),
+                    TRUTH_THETA_E=rng.uniform(0.2, 2, n))
+        pq.write_table(pa.table(cols), tmp_path / f"{label}__{store}.parquet")
+
+    write("a", "v4_lenses", 300, True)
+    write("a", "v4_sky", 2000, False)
+    write("a", "v4_sky_2027", 1000, False)
+    write("a", "v4_hard", 500, False)
+    sets = {"v4 only": {"models": dict.fromkeys(sc.MODEL_NAMES, "a"), "ensemble": "mean"}}
+    results = sc.report(tmp_path, sets, tmp_path / "out", bootstrap=0)
+    ens = results["v4 only"]["ensemble"]
+    assert set(ens) == {"v4"} and ens["v4"]["sky"]["n_neg"] == 3000 and ens["v4"]["sky"]["n_lens"] == 300
+    text = (tmp_path / "out" / "sky_check.md").read_text()
+    main_table, v4_table = text.split("Simulator v4 (the pixels")
+    assert "v4 only" not in main_table and "| ensemble | v4 only |" in v4_table
+    with pytest.raises(SystemExit, match="neither the lenses store nor the v4 stores"):
+        sc.report(tmp_path, {"b": {"models": dict.fromkeys(sc.MODEL_NAMES, "b"), "ensemble": "mean"}},
+                  tmp_path / "out2", bootstrap=0)
