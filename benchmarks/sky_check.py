@@ -247,6 +247,11 @@ def judged_v4(lens_p: np.ndarray, lens_t: dict, sky_p: np.ndarray, hard_p: np.nd
     return {k: out[k] for k in ("sky", "hard", "threshold_fpr1", "threshold_fpr01", "recall_bins") if k in out}
 
 
+def _stores(folder: Path, prefix: str) -> list[str]:
+    """Names of the stores starting with ``prefix`` that any label has scored in ``folder``."""
+    return sorted({p.name.split("__")[1][:-8] for p in folder.glob(f"*__{prefix}*.parquet")})
+
+
 def _picker(cfg: dict, key: str):
     """The set's score per cutout from a (n, 7) matrix: one model's column, or the set's ensemble."""
     if key == "ensemble":
@@ -258,9 +263,7 @@ def report(folder: Path, sets: dict, out_dir: Path, bootstrap: int) -> dict:
     results: dict = {}
     for name, cfg in sets.items():
         scores = Scores(folder, cfg["models"])
-        sky_stores = sorted(p.name.split("__")[1][:-8] for p in folder.glob("*__sky*.parquet"))
-        sky_stores = sorted(set(sky_stores))
-        v4_sky_stores = sorted({p.name.split("__")[1][:-8] for p in folder.glob("*__v4_sky*.parquet")})
+        sky_stores, v4_sky_stores = _stores(folder, "sky"), _stores(folder, "v4_sky")
         v4_lens_p, v4_lens_t = scores.matrix(["v4_lenses"])
         v4_sky_p, _ = scores.matrix(v4_sky_stores)
         v4_hard_p, _ = scores.matrix(["v4_hard"])

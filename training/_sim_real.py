@@ -23,7 +23,7 @@ from lensengine.training._sim_render import pixel_average, subpixel_grid, unit_o
 log = logging.getLogger(__name__)
 
 __all__ = ["REAL_SOURCE_FRACTION", "REAL_NEIGHBOUR_FRACTION", "STAMP_MAX", "Stamp", "real_galaxy_role",
-           "real_stamps", "stamp_sb", "add_stamp_galaxy"]
+           "real_stamps", "stamps_disabled", "stamp_sb", "add_stamp_galaxy"]
 
 #: fractions of survey-lens sources and of sky-field neighbours drawn from real stamps (when available)
 REAL_SOURCE_FRACTION = 0.5
@@ -79,6 +79,13 @@ def _make_stamp(name: str, clean: np.ndarray, pixel: float) -> Stamp:
     return Stamp(name, (clean / total).astype(np.float32), float(pixel), r0, c0, r_half)
 
 
+def stamps_disabled() -> bool:
+    """``LENSENGINE_SIM_REAL=0``: draw analytic sources and neighbours on purpose, without the real stamps."""
+    import os
+
+    return os.environ.get("LENSENGINE_SIM_REAL", "1") == "0"
+
+
 @lru_cache(maxsize=1)
 def real_stamps() -> tuple[Stamp, ...]:
     """The cleaned "sim"-half real galaxies, or () when they cannot be had (no ../shared, or disabled).
@@ -87,9 +94,7 @@ def real_stamps() -> tuple[Stamp, ...]:
     only).  Cutouts drawn with and without real stamps differ, so a store
     records which it used (``source_type`` column, provenance).
     """
-    import os
-
-    if os.environ.get("LENSENGINE_SIM_REAL", "1") == "0":
+    if stamps_disabled():
         return ()
     try:
         from lensengine.training.real_galaxies import clean_stamp, load_real_galaxies

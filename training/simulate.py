@@ -28,7 +28,6 @@ records ``label_easy`` as well, so recall can be read against arc S/N and θ_E.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,12 +295,12 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     path = Path(path)
-    from lensengine.training._sim_real import real_stamps
+    from lensengine.training._sim_real import real_stamps, stamps_disabled
 
     rule = kind_rule(kind, min_arc_snr)
     options = {"lens_fraction": lens_fraction, "source_colour": source_colour, "rule": rule}
     n_stamps = len(real_stamps())
-    if kind in REAL_STAMP_KINDS and not n_stamps and os.environ.get("LENSENGINE_SIM_REAL", "1") != "0":
+    if kind in REAL_STAMP_KINDS and not n_stamps and not stamps_disabled():
         log.warning("%s: real galaxy stamps not found, so this %s store is drawn with analytic sources and "
                     "neighbours only (provenance real_stamps=0) and differs from the store the same seed gives "
                     "with them; set LENSENGINE_SHARED to the folder that holds real/galaxies, or "

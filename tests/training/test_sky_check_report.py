@@ -4,6 +4,7 @@ comparison (the same scenes drawn by simulator v3 and v4) computed from the pair
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conftest import BENCHMARKS, load_script
 
@@ -65,7 +66,6 @@ def test_judged_v4_uses_every_v4_sky_store_and_only_the_lenses():
 def test_a_set_scored_on_the_v4_stores_only_gets_the_v4_table_alone(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import pytest
 
     sc = _sky_check()
     rng = np.random.default_rng(2)
