@@ -9,8 +9,10 @@ sets it is judged on):
 
 ``clip`` keeps each P in [1e-6, 1 - 1e-6] so a saturated network adds a bounded log-odds.  The fit is
 scikit-learn's L2-regularised logistic regression (C = 1 by default) on the rows whose seven scores are all
-finite.  P_ENSEMBLE is a probability at the validation set's lens fraction: candidates are still chosen by
-thresholds set on negatives (the sky check's FPR 1 % / 0.1 %), which do not depend on that prior.
+finite; ``lensengine stack fit`` pools several tables and weighs the two classes equally (``balance``), so a
+lens-rich validation set and a large set of realistic negatives count alike.  P_ENSEMBLE is then a probability
+at a 1:1 prior (at the table's lens fraction without ``balance``): candidates are still chosen by thresholds set
+on negatives (the sky check's FPR 1 % / 0.1 %), which do not depend on that prior.
 
 The fitted file (``ou_stack.json`` beside the models makes it the default ensemble) records the models it was
 fitted for (names, and SHA-256 when the fit was given the model directory), the validation table, its size and
@@ -66,8 +68,13 @@ class Stack:
 
     @classmethod
     def fit(cls, probs: np.ndarray, labels: np.ndarray, models: tuple[str, ...], *, C: float = 1.0,
-            meta: dict | None = None) -> "Stack":
-        """Fit on rows of finite scores with labels 0/1 (both classes needed)."""
+            balance: bool = False, meta: dict | None = None) -> "Stack":
+        """Fit on rows of finite scores with labels 0/1 (both classes needed).
+
+        ``balance`` weighs each class by the inverse of its count, so the weights do not depend on how many
+        lenses the table holds (a lens-rich validation set pooled with a large set of realistic negatives);
+        the intercept is then that of a 1:1 prior.
+        """
         from sklearn.linear_model import LogisticRegression
 
         probs = np.asarray(probs, np.float64)
@@ -78,8 +85,9 @@ class Stack:
             raise ValueError("the stack is fitted on rows whose scores are all finite")
         if set(np.unique(y)) != {0, 1}:
             raise ValueError(f"labels must hold both 0 (non-lens) and 1 (lens); found {np.unique(y).tolist()}")
-        lr = LogisticRegression(C=C, max_iter=5000).fit(logit(probs), y)
-        info = {"n_fit": int(len(y)), "n_lenses": int(y.sum()), "C": float(C), **(meta or {})}
+        lr = LogisticRegression(C=C, max_iter=5000, class_weight="balanced" if balance else None).fit(logit(probs), y)
+        info = {"n_fit": int(len(y)), "n_lenses": int(y.sum()), "C": float(C), "balanced": bool(balance),
+                **(meta or {})}
         return cls(tuple(models), lr.coef_[0].astype(np.float64), float(lr.intercept_[0]), info)
 
     def save(self, path: str | Path) -> Path:

@@ -255,27 +255,34 @@ def stack_group() -> None:
 
 
 @stack_group.command("fit")
-@click.option("--scores", "scores_path", required=True, type=click.Path(exists=True, path_type=Path),
+@click.option("--scores", "scores_paths", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Parquet score table of a labelled validation set (P_OU_* columns and TRUTH_LABEL), e.g. "
-                   "from `lensengine run --tiles val.zarr`; not the sets you judge the ensemble on.")
+                   "from `lensengine run --tiles val.zarr`; not the sets you judge the ensemble on.  Repeat to "
+                   "pool tables (a lens-rich validation set and a large set of realistic negatives, say).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="File to write (.json); `ou_stack.json` beside the models makes it their default ensemble.")
 @models_dir_option(extra_help="The models that scored the table: their SHA-256 are recorded in the file.")
 @click.option("--c", "C", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Inverse L2 regularisation strength of the logistic regression.")
+@click.option("--balance/--no-balance", default=True, show_default=True,
+              help="Weigh lenses and non-lenses equally whatever their counts in the tables (the weights then do "
+                   "not depend on the pooled lens fraction; P_ENSEMBLE is at a 1:1 prior).")
 @json_option(help="Print the weights and the fit's size as JSON on stdout.")
-def stack_fit_cmd(scores_path: Path, out_path: Path, models_dir: Path | None, C: float, as_json: bool) -> None:
-    """Fit the stacked ensemble on a labelled validation score table and save it.
+def stack_fit_cmd(scores_paths: tuple[Path, ...], out_path: Path, models_dir: Path | None, C: float, balance: bool,
+                  as_json: bool) -> None:
+    """Fit the stacked ensemble on labelled validation score tables and save it.
 
     P_ENSEMBLE = 1 / (1 + exp(-(b + sum_i w_i logit(P_i)))), one weight per network, fitted by L2-regularised
     logistic regression (docs/ou-tsne.md, "The stacked ensemble").
 
-    Example: lensengine stack fit --scores val_scores.parquet --models models --out models/ou_stack.json
+    Example: lensengine stack fit --scores val_scores.parquet --scores sky_negatives_scores.parquet
+    --models models --out models/ou_stack.json
     """
     from lensengine.engine.specs import MODEL_NAMES
     from lensengine.engine.stack import Stack
 
-    P, y = read_labelled_scores(scores_path)
+    tables = [read_labelled_scores(path) for path in scores_paths]
+    P, y = np.concatenate([t[0] for t in tables]), np.concatenate([t[1] for t in tables])
     from lensengine.engine.models import default_models_dir, discover_models
 
     models_dir = models_dir or default_models_dir()
@@ -286,11 +293,13 @@ def stack_fit_cmd(scores_path: Path, out_path: Path, models_dir: Path | None, C:
     missing = [n for n in MODEL_NAMES if n not in found]
     if missing:
         raise click.UsageError(f"--models {models_dir} lacks {', '.join(missing)}")
-    meta = {"fitted_on": str(scores_path), "models_sha256": {n: found[n] for n in MODEL_NAMES}}
+    fitted_on = [str(p) for p in scores_paths]
+    meta = {"fitted_on": fitted_on[0] if len(fitted_on) == 1 else fitted_on,
+            "models_sha256": {n: found[n] for n in MODEL_NAMES}}
     try:
-        stack = Stack.fit(P, y, MODEL_NAMES, C=C, meta=meta)
+        stack = Stack.fit(P, y, MODEL_NAMES, C=C, balance=balance, meta=meta)
     except ValueError as exc:
-        raise click.UsageError(f"{scores_path}: {exc}")
+        raise click.UsageError(f"{', '.join(fitted_on)}: {exc}")
     out = stack.save(out_path)
     weights = dict(zip(MODEL_NAMES, (round(float(w), 4) for w in stack.coef)))
     if as_json:

@@ -33,9 +33,37 @@ __all__ = [
     "load_published",
     "import_published",
     "load_torch_model",
+    "DihedralMean",
+    "TTA_NOTE",
+    "export_tta",
 ]
 
 OPSET = 17
+
+#: The ``lensengine.tta`` metadata of a model exported with test-time augmentation.
+TTA_NOTE = "dihedral8: P = logistic of the mean log-odds over the 8 flips and rotations of the cutout"
+
+
+class DihedralMean(torch.nn.Module):
+    """P(lens) of a network from its mean log-odds over the eight flips and rotations of each cutout.
+
+    The eight views are the dihedral group of the square: the identity, the two mirror flips, the half turn and
+    the same four of the transposed cutout.  They are scored in one batch of 8N; the log-odds of a two-class
+    network is the difference of its logits, so with one view this is exactly :class:`PLensModel`.  The
+    networks are trained with these eight transforms as augmentation (``--augment``), and they are exact on the
+    preprocessed stamp: resampling and min-max scaling commute with them.
+    """
+
+    def __init__(self, net: LensCNN):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        t = x.transpose(2, 3)
+        views = torch.cat([x, x.flip(3), x.flip(2), x.flip(2).flip(3), t, t.flip(3), t.flip(2), t.flip(2).flip(3)])
+        logits = self.net(views)
+        return torch.sigmoid((logits[:, 1] - logits[:, 0]).reshape(8, n).mean(0))
 
 
 def weights_sha256(net: torch.nn.Module) -> str:
@@ -64,10 +92,13 @@ def export_onnx(
     training_config=None,
     metrics: dict | None = None,
     extra: dict | None = None,
+    tta: bool = False,
 ) -> Path:
     """Write ``net`` (logits) as a P(lens) ONNX model with the lensengine metadata.
 
-    Also writes the state_dict next to it as ``<stem>.pt``.  Returns the ONNX path.
+    ``tta`` exports :class:`DihedralMean` (eight views per cutout, eight times the cost) and records
+    :data:`TTA_NOTE` as ``lensengine.tta``.  Also writes the state_dict next to it as ``<stem>.pt`` (the
+    network's own weights either way).  Returns the ONNX path.
     """
     import onnx
 
@@ -78,7 +109,7 @@ def export_onnx(
             f"network is {net.family} with {net.in_channels} channels but spec {spec.name} expects "
             f"{spec.family} with bands {list(spec.bands)}"
         )
-    model = PLensModel(net).eval().cpu()
+    model = (DihedralMean(net) if tta else PLensModel(net)).eval().cpu()
     example = torch.zeros(2, spec.channels, spec.stamp, spec.stamp)
     tmp = path.with_suffix(".tmp.onnx")
     with warnings.catch_warnings():
@@ -113,6 +144,8 @@ def export_onnx(
             meta[key] = _jsonable(value)
     for key, value in (extra or {}).items():
         meta[key] = value if isinstance(value, str) else _jsonable(value)
+    if tta:
+        meta["tta"] = TTA_NOTE
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -175,3 +208,32 @@ def load_torch_model(onnx_or_pt: str | Path, name: str | None = None) -> LensCNN
     net = build_model(name)
     net.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True), strict=True)
     return net.eval()
+
+
+#: Metadata that :func:`export_onnx` writes itself; everything else is carried over by :func:`export_tta`.
+_OWN_META = {"model", "bands", "stamp", "pixel_scale", "normalisation", "architecture", "source", "lensengine_version",
+             "sha256", "tta"}
+
+
+def export_tta(src: str | Path, out: str | Path) -> Path:
+    """Write the test-time-augmented version of the lensengine model ``src`` (its ``.pt`` beside it) to ``out``.
+
+    Same name, bands, stamp and weights; the source line says what was added and the other metadata
+    (training configuration, metrics, checkpoint) is carried over.  Refuses a model that is already one.
+    """
+    from lensengine.engine.models import load_entry, read_metadata
+
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise ValueError(f"{out}: write the test-time-augmented model to another file than its source")
+    entry = load_entry(src)
+    meta = read_metadata(src)
+    if "tta" in meta:
+        raise ValueError(f"{src}: already test-time augmented ({meta['tta']})")
+    if not src.with_suffix(".pt").is_file():
+        raise FileNotFoundError(f"{src}: its torch weights {src.with_suffix('.pt').name} are not beside it")
+    spec = get_spec(entry.name) if entry.name in MODEL_SPECS else entry.as_spec()
+    net = load_torch_model(src, entry.name)
+    extra = {k: v for k, v in meta.items() if k not in _OWN_META and not k.startswith("_")}
+    source = f"{meta.get('source', 'unknown')}; test-time augmented by lensengine models tta"
+    return export_onnx(net, spec, out, source=source, extra=extra, tta=True)

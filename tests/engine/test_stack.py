@@ -58,6 +58,52 @@ def test_fit_recovers_known_weights():
         Stack.fit(np.full((4, 7), np.nan), [0, 1, 0, 1], MODEL_NAMES)
 
 
+def test_balance_makes_the_weights_independent_of_the_lens_fraction():
+    """Three times the negatives: the balanced fit keeps its weights and intercept, the plain fit moves its
+    intercept by about log(3)."""
+    rng = np.random.default_rng(21)
+    P = rng.uniform(0.02, 0.98, size=(6_000, 7))
+    z = -0.3 + np.log(P / (1 - P)) @ COEF
+    y = (rng.uniform(size=len(P)) < 1 / (1 + np.exp(-z))).astype(int)
+    more = np.r_[P, np.repeat(P[y == 0], 2, axis=0)], np.r_[y, np.zeros(2 * int((y == 0).sum()), int)]
+    once, thrice = Stack.fit(P, y, MODEL_NAMES, C=1e4, balance=True), Stack.fit(*more, MODEL_NAMES, C=1e4, balance=True)
+    assert np.allclose(once.coef, thrice.coef, atol=1e-3) and once.intercept == pytest.approx(thrice.intercept, abs=1e-3)
+    assert once.meta["balanced"] is True
+    plain, plain3 = Stack.fit(P, y, MODEL_NAMES, C=1e4), Stack.fit(*more, MODEL_NAMES, C=1e4)
+    assert plain.intercept - plain3.intercept == pytest.approx(np.log(3), abs=0.05)
+    assert plain.meta["balanced"] is False
+
+
+def test_fit_command_pools_tables(tmp_path, seven_models):
+    """Two --scores tables (lenses and non-lenses apart) fit exactly what their concatenation fits; both are
+    named in the file."""
+    rng = np.random.default_rng(6)
+    P = rng.uniform(0.01, 0.99, size=(600, 7))
+    y = (np.log(P[:, 4] / (1 - P[:, 4])) + rng.normal(0, 1, 600) > 1).astype(np.int8)
+    paths = []
+    for name, sel in (("lenses", y == 1), ("negatives", y == 0)):
+        paths.append(tmp_path / f"{name}.parquet")
+        pq.write_table(pa.table({**{"P_" + m.replace("-", "_"): P[sel, i] for i, m in enumerate(MODEL_NAMES)},
+                                 "TRUTH_LABEL": y[sel]}), paths[-1])
+    _register_plugin_commands()
+    out = tmp_path / "pooled.json"
+    args = ["stack", "fit", "--scores", str(paths[0]), "--scores", str(paths[1]), "--models", str(seven_models)]
+    res = CliRunner().invoke(cli, [*args, "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["objects"] == 600 and json.loads(res.output)["lenses"] == int(y.sum())
+    fitted = Stack.load(out)
+    order = np.r_[np.flatnonzero(y == 1), np.flatnonzero(y == 0)]
+    assert np.allclose(fitted.coef, Stack.fit(P[order], y[order], MODEL_NAMES, balance=True).coef)
+    assert fitted.meta["fitted_on"] == [str(p) for p in paths]
+    assert fitted.coef[4] == max(fitted.coef)
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "plain.json"), "--no-balance"])
+    assert res.exit_code == 0, res.output
+    assert Stack.load(tmp_path / "plain.json").meta["balanced"] is False
+    res = CliRunner().invoke(cli, ["stack", "fit", "--scores", str(paths[1]), "--models", str(seven_models),
+                                   "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "negatives.parquet" in res.output and "both 0" in res.output
+
+
 def test_file_round_trip_and_refusals(tmp_path):
     path = _stack_file(tmp_path / "s.json")
     back = Stack.load(path)
@@ -109,7 +155,8 @@ def test_fit_command_then_run_with_the_stack(tmp_path, seven_models):
                                    str(out), "--models", str(seven_models), "--json"])
     assert res.exit_code == 0, res.output
     fitted = Stack.load(out)
-    assert np.allclose(fitted.coef, Stack.fit(P, y, MODEL_NAMES).coef)
+    assert np.allclose(fitted.coef, Stack.fit(P, y, MODEL_NAMES, balance=True).coef)
+    assert fitted.meta["balanced"] is True and fitted.meta["fitted_on"] == str(tmp_path / "val_scores.parquet")
     assert fitted.coef[5] == max(fitted.coef)  # the label was made from OU-VIS
     assert set(fitted.meta["models_sha256"]) == set(MODEL_NAMES)
 

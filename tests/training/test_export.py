@@ -98,3 +98,44 @@ def test_cli_import_published(tmp_path, published_weights_dir):
     listing = CliRunner().invoke(cli, ["models", "list", "--models", str(out), "--json"])
     assert listing.exit_code == 0, listing.output
     assert [m["name"] for m in json.loads(listing.output)] == ["OU-J", "OU-VIS"]
+
+
+def _dihedral(x, k, flip):
+    """One of the eight flips and rotations of (N, C, S, S) stamps, in numpy."""
+    y = np.rot90(x, k, axes=(2, 3))
+    return np.ascontiguousarray(y[..., ::-1] if flip else y)
+
+
+def test_tta_model_is_the_mean_log_odds_of_the_eight_views_and_ignores_orientation(tmp_path, rng):
+    """`lensengine models tta`: P equals the logistic of the plain model's mean log-odds over the eight views
+    (scored one by one in numpy), a rotated or mirrored cutout scores the same, the contract and weights stay."""
+    from lensengine.engine.cli import _register_plugin_commands, cli
+
+    torch.manual_seed(11)
+    net = build_model("OU-66")
+    plain = export_onnx(net, MODEL_SPECS["OU-66"], tmp_path / "OU_66.onnx", source="test", metrics={"auroc": 0.5})
+    _register_plugin_commands()
+    res = CliRunner().invoke(cli, ["models", "tta", str(plain), "--out", str(tmp_path / "tta" / "OU_66.onnx")])
+    assert res.exit_code == 0, res.output
+    entry, base = load_entry(tmp_path / "tta" / "OU_66.onnx"), load_entry(plain)
+    assert (entry.name, entry.bands, entry.stamp) == (base.name, base.bands, base.stamp)
+    assert entry.metadata["tta"].startswith("dihedral8") and "tta" not in base.metadata
+    assert entry.metadata["sha256"] == base.metadata["sha256"] and json.loads(entry.metadata["metrics"]) == {"auroc": 0.5}
+    assert entry.metadata["source"].startswith("test;")
+
+    x = Preprocessor([MODEL_SPECS["OU-66"]])(_raw_bands(rng, 5)).inputs["OU-66"]
+    tta = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
+    one = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+    views = [one.run(["p_lens"], {"cutout": _dihedral(x, k, f)})[0].astype(np.float64)
+             for k in range(4) for f in (False, True)]
+    z = np.mean([np.log(p) - np.log1p(-p) for p in views], axis=0)
+    got = tta.run(["p_lens"], {"cutout": x})[0]
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-z)), atol=2e-6, rtol=0)
+    assert np.ptp(np.stack(views), axis=0).max() > 1e-4  # the plain network does see the orientation
+    for k, f in ((1, False), (2, True), (3, True)):
+        np.testing.assert_allclose(tta.run(["p_lens"], {"cutout": _dihedral(x, k, f)})[0], got, atol=2e-6, rtol=0)
+
+    again = CliRunner().invoke(cli, ["models", "tta", str(entry.path), "--out", str(tmp_path / "x.onnx")])
+    assert again.exit_code == 2 and "already test-time augmented" in again.output
+    same = CliRunner().invoke(cli, ["models", "tta", str(plain), "--out", str(plain)])
+    assert same.exit_code == 2 and "another file" in same.output
