@@ -52,12 +52,15 @@ def export_cmd(checkpoint: Path, out_path: Path, as_json: bool) -> None:
     """Export a training checkpoint (from `lensengine train`) to a self-describing ONNX model."""
     from lensengine.training.checkpoint import export_checkpoint
 
-    written = export_checkpoint(checkpoint, out_path)
-    if as_json:
-        echo_json({"written": [str(written)]})
-        return
-    click.echo(f"wrote {written}")
+    _say_written(export_checkpoint(checkpoint, out_path), as_json)
 
+
+def _say_written(path: Path, as_json: bool) -> None:
+    """Name the file a command wrote: JSON on stdout with --json, else a line."""
+    if as_json:
+        echo_json({"written": [str(path)]})
+    else:
+        click.echo(f"wrote {path}")
 
 
 @click.command("tta")
@@ -84,10 +87,7 @@ def tta_cmd(model: Path, out_path: Path, as_json: bool) -> None:
         written = export_tta(model, out_path)
     except (ContractError, FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc))
-    if as_json:
-        echo_json({"written": [str(written)]})
-        return
-    click.echo(f"wrote {written}")
+    _say_written(written, as_json)
 
 
 @click.command("demo")

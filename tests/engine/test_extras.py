@@ -34,6 +34,7 @@ NEEDS_THE_EXTRA = {
     "explain": ["explain", "--model", "OU-66", "--out", "{tmp}/explain"],
     "models import-published": ["models", "import-published", "{tmp}", "--out", "{tmp}/models"],
     "models export": ["models", "export", "{tmp}/file.bin", "--out", "{tmp}/x.onnx"],
+    "models tta": ["models", "tta", "{tmp}/file.bin", "--out", "{tmp}/x.onnx"],
     "tsne plot": ["tsne", "plot", "{tmp}/file.bin", "--out", "{tmp}/p.png"],
     "tsne fit --plot": ["tsne", "fit", "--scores", "{tmp}/file.bin", "--out", "{tmp}/m.npz", "--plot", "{tmp}/p.png"],
     "recall-test (simulating)": ["recall-test", "-n", "2", "--workdir", "{tmp}/sims"],
