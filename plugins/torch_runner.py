@@ -60,6 +60,11 @@ def make_runner(model, precision, threads):
     if threads:
         torch.set_num_threads(threads)
     net = load_torch_model(model.path, model.name).eval().to(memory_format=torch.channels_last)
+    tta = "tta" in (getattr(model, "metadata", None) or {})  # `lensengine models tta`: the .pt is the bare network
+    if tta:
+        from lensengine.training.export import DihedralMean
+
+        net = DihedralMean(net).eval()
     forward = net
     if mode == "compile":
         with warnings.catch_warnings():
@@ -71,7 +76,8 @@ def make_runner(model, precision, threads):
 
     def scores(t):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return p_lens(forward(t).float())
+            out = forward(t).float()
+            return out if tta else p_lens(out)
 
     def run(x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)

@@ -139,3 +139,19 @@ def test_tta_model_is_the_mean_log_odds_of_the_eight_views_and_ignores_orientati
     assert again.exit_code == 2 and "already test-time augmented" in again.output
     same = CliRunner().invoke(cli, ["models", "tta", str(plain), "--out", str(plain)])
     assert same.exit_code == 2 and "another file" in same.output
+
+
+def test_torch_runner_scores_a_tta_model_with_its_eight_views(tmp_path, rng):
+    """The bf16 torch runner reads the bare network's .pt; for a test-time-augmented model it must still average
+    the eight views, so its scores follow the TTA ONNX model, not the plain one."""
+    from lensengine.engine.scoring import make_runner
+    from lensengine.training.export import export_tta
+
+    torch.manual_seed(12)
+    plain = export_onnx(build_model("OU-66"), MODEL_SPECS["OU-66"], tmp_path / "OU_66.onnx", source="test")
+    tta = load_entry(export_tta(plain, tmp_path / "tta" / "OU_66.onnx"))
+    x = Preprocessor([MODEL_SPECS["OU-66"]])(_raw_bands(rng, 6)).inputs["OU-66"]
+    want = ort.InferenceSession(str(tta.path), providers=["CPUExecutionProvider"]).run(["p_lens"], {"cutout": x})[0]
+    bare = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(["p_lens"], {"cutout": x})[0]
+    got = make_runner(tta, "bf16", "cpu", 1)(x)
+    assert np.abs(got - want).max() < 0.01 and np.abs(got - want).max() < np.abs(bare - want).max() / 3
