@@ -73,8 +73,8 @@ def tta_cmd(model: Path, out_path: Path, as_json: bool) -> None:
     """Write a model that scores each cutout in its eight flips and rotations (test-time augmentation).
 
     P(lens) becomes the logistic of the network's mean log-odds over the eight views: steadier scores and
-    higher recall at a low false-positive rate (models/README.md, "Test-time augmentation"), for eight times
-    the inference cost of that model.  The new file keeps the model's name, bands and weights, and says
+    higher recall at a low false-positive rate (models/README.md, "Test-time augmentation"), for seven to
+    nine times the inference cost of that model (measured for OU-66 and OU-VIS).  The new file keeps the model's name, bands and weights, and says
     `tta` in its metadata (`lensengine models info`).  A stacked ensemble or OU-T-SNE fitted on the plain
     model's scores must be fitted again on the new scores; so must the cascade's gates.  The torch runners
     (`--precision bf16`) average the same eight views; `lensengine explain` explains the bare network.

@@ -96,8 +96,8 @@ def export_onnx(
 ) -> Path:
     """Write ``net`` (logits) as a P(lens) ONNX model with the lensengine metadata.
 
-    ``tta`` exports :class:`DihedralMean` (eight views per cutout, eight times the cost) and records
-    :data:`TTA_NOTE` as ``lensengine.tta``.  Also writes the state_dict next to it as ``<stem>.pt`` (the
+    ``extra`` adds metadata keys (it cannot overwrite the model's own).  ``tta`` exports :class:`DihedralMean`
+    (eight views per cutout, seven to nine times the cost) and records :data:`TTA_NOTE` as ``lensengine.tta``.  Also writes the state_dict next to it as ``<stem>.pt`` (the
     network's own weights either way).  Returns the ONNX path.
     """
     import onnx
@@ -128,7 +128,9 @@ def export_onnx(
         )
     proto = onnx.load(str(tmp))
     tmp.unlink()
-    meta = {
+    # ``extra`` adds keys; it cannot overwrite the file's own facts below
+    meta = {key: value if isinstance(value, str) else _jsonable(value) for key, value in (extra or {}).items()}
+    meta.update({
         "model": spec.name,
         "bands": json.dumps(list(spec.bands)),
         "stamp": str(spec.stamp),
@@ -138,12 +140,10 @@ def export_onnx(
         "source": source,
         "lensengine_version": __version__,
         "sha256": weights_sha256(net),
-    }
+    })
     for key, value in (("training_config", training_config), ("metrics", metrics)):
         if value is not None:
             meta[key] = _jsonable(value)
-    for key, value in (extra or {}).items():
-        meta[key] = value if isinstance(value, str) else _jsonable(value)
     if tta:
         meta["tta"] = TTA_NOTE
     del proto.metadata_props[:]
@@ -210,11 +210,6 @@ def load_torch_model(onnx_or_pt: str | Path, name: str | None = None) -> LensCNN
     return net.eval()
 
 
-#: Metadata that :func:`export_onnx` writes itself; everything else is carried over by :func:`export_tta`.
-_OWN_META = {"model", "bands", "stamp", "pixel_scale", "normalisation", "architecture", "source", "lensengine_version",
-             "sha256", "tta"}
-
-
 def export_tta(src: str | Path, out: str | Path) -> Path:
     """Write the test-time-augmented version of the lensengine model ``src`` (its ``.pt`` beside it) to ``out``.
 
@@ -234,6 +229,6 @@ def export_tta(src: str | Path, out: str | Path) -> Path:
         raise FileNotFoundError(f"{src}: its torch weights {src.with_suffix('.pt').name} are not beside it")
     spec = get_spec(entry.name) if entry.name in MODEL_SPECS else entry.as_spec()
     net = load_torch_model(src, entry.name)
-    extra = {k: v for k, v in meta.items() if k not in _OWN_META and not k.startswith("_")}
+    extra = {k: v for k, v in meta.items() if not k.startswith("_")}  # export_onnx rewrites its own keys
     source = f"{meta.get('source', 'unknown')}; test-time augmented by lensengine models tta"
     return export_onnx(net, spec, out, source=source, extra=extra, tta=True)

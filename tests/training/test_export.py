@@ -88,8 +88,9 @@ def test_a_non_lensengine_onnx_is_refused(tmp_path):
 
 
 def test_cli_import_published(tmp_path, published_weights_dir):
-    from lensengine.engine.cli import cli
+    from lensengine.engine.cli import _register_plugin_commands, cli
 
+    _register_plugin_commands()  # the plugin commands, whichever test ran first
     out = tmp_path / "pub"
     result = CliRunner().invoke(cli, ["models", "import-published", str(published_weights_dir), "--out", str(out),
                                       "--model", "OU-J", "--model", "OU-VIS"])
