@@ -56,6 +56,21 @@ __all__ = ["TrainConfig", "TrainResult", "FAMILY_BATCH", "train", "train_all", "
 #: The paper's batch sizes per architecture family (published code: 500 for both).
 FAMILY_BATCH = {"OU-66": 250, "OU-200": 125}
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(cfg: "TrainConfig", epoch: int, fraction: float = 0.0) -> float:
+    """The learning rate ``fraction`` (0 ≤ f < 1) of the way through epoch ``epoch`` (0-based).
+
+    ``cosine`` anneals from ``cfg.lr`` to 0 over ``cfg.epochs``, batch by batch; it
+    depends only on where training is, so a resumed run follows the same curve.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(max((epoch + fraction) / cfg.epochs, 0.0), 1.0)
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * progress))
+
+
 LOG_COLUMNS = ("time_utc", "elapsed_s", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                "epoch_s", "train_s", "data_wait_frac", "img_per_s", "best", "l2sp", "n_hard")
 
@@ -68,6 +83,7 @@ class TrainConfig:
     epochs: int = 250                  # paper §3.2 (published code: 150)
     batch_size: int | None = None      # None: 250 for the OU-66 family, 125 for OU-200 (code: 500)
     lr: float = 3e-4                   # Adam learning rate (paper)
+    lr_schedule: str = "constant"      # constant (paper) | cosine: per batch from lr down to 0 over the epochs
     weight_decay: float = 0.0          # Adam weight decay (paper: none)
     class_weights: bool = True         # CE weights: non-lens by the lens fraction, lens by the non-lens fraction
     seed: int = 0                      # torch init/dropout, shuffle generator, validation split
@@ -109,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"batch size {bs}, epochs {self.epochs} and lr {self.lr} must be positive")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.augment not in AUGMENT_MODES:
             raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)}, got {self.augment!r}")
         if not 0 <= self.hard_negatives < 1 or self.hard_negative_boost < 1:
@@ -236,13 +254,15 @@ def _epoch_order(n: int, labels: np.ndarray, cfg: TrainConfig, gen: torch.Genera
 
 
 def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision, criterion, optimizer=None,
-               scaler=None, progress=None, task=None, augmenter=None, aug_seed: int = 0, anchor=None) -> dict:
+               scaler=None, progress=None, task=None, augmenter=None, aug_seed: int = 0, anchor=None,
+               lr_at=None) -> dict:
     """Train (optimizer given) or evaluate over ``order``; returns loss, accuracy, timings.
 
     With hard-negative mining, training also returns ``scores``: the P(lens) each
     training row got in its last forward pass of the epoch (NaN if unseen).
     ``anchor`` (L2-SP) adds ``l2sp/2 · Σ‖w − w0‖²`` to the training loss; the
     logged loss stays the cross-entropy alone, comparable with validation.
+    ``lr_at(fraction)`` sets the learning rate before each step (a schedule).
     """
     training = optimizer is not None
     net.train(training)
@@ -251,6 +271,7 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
     loss_sum = weight_sum = penalty_sum = 0.0
     correct = n = batches = 0
     scores = np.full(len(data), np.nan, dtype=np.float32) if training and cfg.hard_negatives > 0 else None
+    n_batches = len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size)
     t0 = time.perf_counter()
     with torch.set_grad_enabled(training):
         for x_np, y_np in loader:
@@ -268,6 +289,9 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
                     penalty_sum += float(penalty.detach())
                 if scores is not None:
                     scores[order[n:n + len(y_np)]] = logits.detach().float().softmax(1)[:, 1].cpu().numpy()
+                if lr_at is not None:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(batches / n_batches)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -374,6 +398,9 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             raise ValueError(f"cannot resume {last_path}: {sorted(changed)} differ from the checkpoint "
                              f"({ {k: getattr(old, k) for k in sorted(changed)} } there, "
                              f"{ {k: getattr(cfg, k) for k in sorted(changed)} } now)")
+        if cfg.lr_schedule != "constant" and old.epochs != cfg.epochs:
+            raise ValueError(f"cannot resume {last_path} with --epochs {cfg.epochs}: its {cfg.lr_schedule} learning-rate "
+                             f"schedule spans the {old.epochs} epochs it was started with")
         done = ckpt["epoch"] >= cfg.epochs or (cfg.early_stop is not None
                                                 and ckpt["epoch"] - ckpt["best_epoch"] >= cfg.early_stop)
         if done:  # nothing left to train: do not reload the data
@@ -466,8 +493,10 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             aug_seed = int(torch.randint(0, 2**62, (1,), generator=gen)) if augmenter is not None else 0
             task = bar.add_task(f"{spec.name} epoch {epoch + 1}/{cfg.epochs}", total=len(order) // cfg.batch_size
                                 + bool(len(order) % cfg.batch_size), loss="")
+            lr_start = scheduled_lr(cfg, epoch)
             tr = _run_epoch(net, train_set, order, cfg, device, precision, criterion, optimizer, scaler,
-                            bar, task, augmenter=augmenter, aug_seed=aug_seed, anchor=anchor)
+                            bar, task, augmenter=augmenter, aug_seed=aug_seed, anchor=anchor,
+                            lr_at=lambda f, e=epoch: scheduled_lr(cfg, e, f))
             if cfg.hard_negatives > 0:
                 # rows the epoch did not reach keep their previous score
                 fresh = tr["scores"]
@@ -486,7 +515,7 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             row = {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "elapsed_s": round(run_t0 + time.perf_counter() - t_start, 2), "epoch": epoch,
                    "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
-                   "lr": cfg.lr, "epoch_s": round(epoch_s, 3), "train_s": round(tr["seconds"], 3),
+                   "lr": lr_start, "epoch_s": round(epoch_s, 3), "train_s": round(tr["seconds"], 3),
                    "data_wait_frac": round(tr["wait_frac"], 4), "img_per_s": round(tr["img_per_s"], 1),
                    "best": int(improved), "l2sp": round(tr["l2sp"], 6), "n_hard": n_hard}
             history.append(row)

@@ -35,6 +35,9 @@ def _quiet(ctx: click.Context) -> bool:
                    "cutouts; a few epochs are enough to try the pipeline).")
 @click.option("--batch-size", type=int, default=None, help="Default: 250 (OU-66 family), 125 (OU-200 family).")
 @click.option("--lr", type=float, default=3e-4, show_default=True, help="Adam learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="constant: --lr throughout (the paper). cosine: anneal from --lr to 0 batch by batch over "
+                   "--epochs (for fine-tuning a few epochs; a resumed run keeps the same --epochs).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the initialisation, the validation split and the batch order.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
@@ -76,9 +79,9 @@ def _quiet(ctx: click.Context) -> bool:
 @json_option(help="Print each model's result (epochs, stop reason, best validation loss, files) as JSON.")
 @needs_extra("torch")
 @click.pass_context
-def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size, lr, seed, val_fraction, device,
-              precision, max_train, max_val, min_arc_snr, early_stop, max_time, threads, cache, max_memory_gb, loader_workers,
-              init_from, augment, hard_negatives, hard_boost, l2sp, resume, no_export, as_json):
+def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size, lr, lr_schedule, seed, val_fraction,
+              device, precision, max_train, max_val, min_arc_snr, early_stop, max_time, threads, cache, max_memory_gb,
+              loader_workers, init_from, augment, hard_negatives, hard_boost, l2sp, resume, no_export, as_json):
     """Train a lens-finding CNN: the paper's recipe (Adam 3e-4, class-weighted cross-entropy) plus the sky recipe.
 
     The sky recipe: per-cutout flips/turns and raw-band jitter (--augment), hard-negative
@@ -102,7 +105,7 @@ def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size,
     if batch_size is not None and len(chosen) > 1:
         log.warning("--batch-size %d applies to every model trained here", batch_size)
     data = store
-    cfg = TrainConfig(model=chosen[0], epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    cfg = TrainConfig(model=chosen[0], epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, seed=seed,
                       val_fraction=val_fraction, max_train=max_train, max_val=max_val,
                       min_arc_snr=min_arc_snr, early_stop=early_stop,
                       max_time_min=max_time, precision=precision, device=device, num_threads=threads or None,

@@ -156,6 +156,33 @@ def test_resume_is_exact(store, tmp_path):
     assert again.epochs_run == 2 and again.stop_reason == "epochs" and again.onnx.is_file()
 
 
+def test_cosine_schedule_anneals_and_resumes_exactly(store, tmp_path):
+    from lensengine.training.checkpoint import load_checkpoint
+    from lensengine.training.train import scheduled_lr, train
+
+    cfg = _cfg(model="OU-J", epochs=2, lr_schedule="cosine", max_train=32, max_val=8)
+    # hand values: 1e-3 at the start, half at the middle, 1e-3 * (1 + cos(0.75 pi)) / 2 three quarters through
+    assert scheduled_lr(cfg, 0) == pytest.approx(1e-3)
+    assert scheduled_lr(cfg, 1) == pytest.approx(5e-4)
+    assert scheduled_lr(cfg, 1, 0.5) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)) / 2)
+    assert scheduled_lr(_cfg(), 2, 0.5) == 1e-3  # constant: the paper's recipe
+    full = train(cfg, store, tmp_path / "full", progress=False, export=False)
+    assert [r["lr"] for r in full.history] == pytest.approx([1e-3, 5e-4])
+    # 32 cutouts in batches of 16: the last step of epoch 2 ran at the rate 3/4 of the way through
+    last = load_checkpoint(full.checkpoint)
+    assert last["optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(scheduled_lr(cfg, 1, 0.5))
+    constant = train(replace(cfg, lr_schedule="constant"), store, tmp_path / "const", progress=False, export=False)
+    assert not torch.equal(last["model_state"]["layer.0.weight"],
+                           load_checkpoint(constant.checkpoint)["model_state"]["layer.0.weight"])
+    train(cfg, store, tmp_path / "part", progress=False, export=False, stop_after=1)
+    with pytest.raises(ValueError, match="spans the 2 epochs"):
+        train(replace(cfg, epochs=3), store, tmp_path / "part", resume=True, progress=False)
+    resumed = load_checkpoint(train(cfg, store, tmp_path / "part", progress=False, export=False,
+                                    resume=True).checkpoint)
+    for key in last["model_state"]:
+        assert torch.equal(last["model_state"][key], resumed["model_state"][key]), key
+
+
 def test_data_loading_skips_and_caches(tmp_path):
     from lensengine.training.data import BatchLoader, load_cutouts, split_indices
 
