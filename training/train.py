@@ -399,8 +399,8 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
                              f"({ {k: getattr(old, k) for k in sorted(changed)} } there, "
                              f"{ {k: getattr(cfg, k) for k in sorted(changed)} } now)")
         if cfg.lr_schedule != "constant" and old.epochs != cfg.epochs:
-            raise ValueError(f"cannot resume {last_path} with --epochs {cfg.epochs}: its {cfg.lr_schedule} learning-rate "
-                             f"schedule spans the {old.epochs} epochs it was started with")
+            raise ValueError(f"cannot resume {last_path} with --epochs {cfg.epochs}: its {cfg.lr_schedule} "
+                             f"learning-rate schedule spans the {old.epochs} epochs it was started with")
         done = ckpt["epoch"] >= cfg.epochs or (cfg.early_stop is not None
                                                 and ckpt["epoch"] - ckpt["best_epoch"] >= cfg.early_stop)
         if done:  # nothing left to train: do not reload the data
