@@ -271,7 +271,7 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
     loss_sum = weight_sum = penalty_sum = 0.0
     correct = n = batches = 0
     scores = np.full(len(data), np.nan, dtype=np.float32) if training and cfg.hard_negatives > 0 else None
-    n_batches = len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size)
+    n_batches = math.ceil(len(order) / cfg.batch_size)
     t0 = time.perf_counter()
     with torch.set_grad_enabled(training):
         for x_np, y_np in loader:
@@ -491,8 +491,8 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             n_hard = len(order) - len(train_set)
             # one seed per epoch from the shuffle generator; each batch derives its own from (seed, batch)
             aug_seed = int(torch.randint(0, 2**62, (1,), generator=gen)) if augmenter is not None else 0
-            task = bar.add_task(f"{spec.name} epoch {epoch + 1}/{cfg.epochs}", total=len(order) // cfg.batch_size
-                                + bool(len(order) % cfg.batch_size), loss="")
+            task = bar.add_task(f"{spec.name} epoch {epoch + 1}/{cfg.epochs}", total=math.ceil(len(order) / cfg.batch_size),
+                                loss="")
             lr_start = scheduled_lr(cfg, epoch)
             tr = _run_epoch(net, train_set, order, cfg, device, precision, criterion, optimizer, scaler,
                             bar, task, augmenter=augmenter, aug_seed=aug_seed, anchor=anchor,
