@@ -28,6 +28,17 @@ per-model columns of different files (a new OU-66 family with the published OU-2
      "new": {"models": {...}, "ensemble": "tsne", "tsne": "models/ou_tsne.npz"},
      "stacked": {"models": {...}, "ensemble": "stack", "stack": "models/ou_stack.json"}}
 
+``compare`` judges candidate sets against a reference on the v4 judged stores alone (what a machine that has only
+the v4 stores, the real-imaging check and the frozen set can say), every set on the same bootstrap resamples of
+lenses and negatives, so each difference gets its own interval; a set's ``"refit": "val2"`` fits its stack on
+that store's scores first, as ``lensengine stack fit`` would::
+
+    python benchmarks/sky_check.py compare --scores scores --sets sets.json --reference shipped --out reports/cmp
+
+To choose among candidates without looking at the judged stores, the same comparison runs on a selection set
+(``--lenses val4 --sky sv_sky --hard sv_hard``: the validation store's lenses against sky and hard negatives
+of their own seeds).
+
 A label may be scored in parts (``pub66`` for the OU-66 family on some stores, ``pub200`` for the rest):
 a model's column is looked up under ``<label>``, then ``<label>66`` / ``<label>200``.  Store names are the
 file stems: ``lenses``, ``hard``, ``sky*``, ``j0946``, ``real_galaxies``, ``frozen_nonlenses``, and the
@@ -49,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -395,6 +407,178 @@ def markdown(results: dict, sets: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- compare: candidates against a reference on the v4 judged stores, paired ---------------------------------
+
+PROXY_GROUPS = ("ellipticals", "ordinary mix", "all")
+
+
+def _log_odds(cfg: dict, probs: np.ndarray, stack) -> np.ndarray:
+    """The set's ensemble as log-odds (a stack's decision: no ties where P rounds to 1)."""
+    from lensengine.engine.stack import logit
+
+    if stack is not None:
+        return stack.decision(probs)
+    return logit(ensemble_scores(cfg["ensemble"], probs, cfg.get("tsne") or cfg.get("stack")))
+
+
+def _auroc_sorted(lens: np.ndarray, neg_sorted: np.ndarray) -> float:
+    """AUROC with ties counted half, negatives sorted ascending."""
+    below = np.searchsorted(neg_sorted, lens, side="left")
+    ties = np.searchsorted(neg_sorted, lens, side="right") - below
+    return float(np.mean(below + 0.5 * ties) / neg_sorted.size)
+
+
+def _tpr(lens: np.ndarray, neg: np.ndarray, fpr: float) -> float:
+    from lensengine.training.metrics import threshold_at_fpr
+
+    t, _ = threshold_at_fpr(neg, fpr)
+    return float(np.mean(lens > t))
+
+
+def _proxy_cuts(frozen: np.ndarray, kind: np.ndarray) -> dict[str, float]:
+    return {"ellipticals": float(np.quantile(frozen[kind == "elliptical"], 0.99)),
+            "ordinary mix": float(np.quantile(frozen[np.isin(kind, ORDINARY)], 0.99)),
+            "all": float(np.quantile(frozen, 0.99))}
+
+
+def _paired_figures(d: dict, idx: dict | None = None) -> dict[str, float]:
+    """The paired figures of one set on (optionally resampled) lenses, sky, hard and frozen negatives."""
+    pick = (lambda k: d[k]) if idx is None else (lambda k: d[k][idx[k]])
+    lens, sky, hard = pick("lens"), pick("sky"), pick("hard")
+    out = {"auroc": _auroc_sorted(lens, np.sort(sky)), "tpr_fpr1": _tpr(lens, sky, 1e-2),
+           "tpr_fpr01": _tpr(lens, sky, 1e-3), "hard_tpr_fpr1": _tpr(lens, hard, 1e-2)}
+    if d.get("frozen") is not None:
+        kind = d["frozen_kind"] if idx is None else d["frozen_kind"][idx["frozen"]]
+        for group, cut in _proxy_cuts(pick("frozen"), kind).items():
+            out["proxy " + group] = float(np.mean(lens > cut))
+    return out
+
+
+JUDGED_V4 = {"lens": "v4_lenses", "sky": "v4_sky", "hard": "v4_hard"}
+
+
+def compare(folder: Path, sets: dict, reference: str, out_dir: Path, bootstrap: int,
+            judged: dict[str, str] | None = None) -> dict:
+    """Each set against ``reference`` on the v4 judged stores, resampled together (paired bootstrap).
+
+    ``judged`` names other stores for the three roles (``lens``: a store whose ``TRUTH_LABEL == 1`` rows are the
+    lenses; ``sky``: a prefix, every store starting with it; ``hard``: a store), e.g. a selection set kept apart
+    from the judged stores to choose among candidates.
+
+    A set's ``"refit": STORE`` fits its stack (balanced, C = 1, as ``lensengine stack fit``) on the scores of
+    ``STORE`` (the validation store) and writes it to ``out_dir``; ``"stack": PATH`` uses a fitted one.  Besides
+    the paired figures: J0946's score, the degraded real galaxies above the v4 sky mix's 1 % / 0.1 % thresholds,
+    and each single network of the set.
+    """
+    from lensengine.engine.stack import Stack, logit
+    from lensengine.training.metrics import threshold_at_fpr
+
+    judged = dict(JUDGED_V4, **(judged or {}))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data: dict = {}
+    for name, cfg in sets.items():
+        scores = Scores(folder, cfg["models"])
+        stack = None
+        if cfg.get("refit"):
+            val_p, val_t = scores.matrix([cfg["refit"]])
+            if val_p is None:
+                raise SystemExit(f"{name}: {cfg['refit']} is not scored by every model of the set")
+            ok = np.isfinite(val_p).all(axis=1)
+            stack = Stack.fit(val_p[ok], val_t["TRUTH_LABEL"][ok], MODEL_NAMES, C=1.0, balance=True,
+                              meta={"fitted_on": f"{cfg['refit']} scores ({name})"})
+            stack.save(out_dir / f"ou_stack_{re.sub(r'[^A-Za-z0-9.-]+', '_', name).strip('_')}.json")
+        elif cfg.get("ensemble") == "stack":
+            stack = Stack.load(cfg["stack"])
+        mats = {role: scores.matrix(stores) for role, stores in
+                (("lens", [judged["lens"]]), ("sky", _stores(folder, judged["sky"])), ("hard", [judged["hard"]]),
+                 ("real", ["real_galaxies"]), ("j0946", ["j0946"]), ("frozen", ["frozen_nonlenses"]))}
+        if any(mats[r][0] is None for r in ("lens", "sky", "hard")):
+            raise SystemExit(f"{name}: the judged stores {judged} are not scored by every model of the set")
+        lens_keep = mats["lens"][1]["TRUTH_LABEL"] == 1
+        d: dict = {"weights": None if stack is None else dict(zip(MODEL_NAMES, map(float, stack.coef))),
+                   "singles": {}}
+        for key in ("ensemble", *MODEL_NAMES):
+            score = (lambda p: _log_odds(cfg, p, stack)) if key == "ensemble" else \
+                (lambda p, j=MODEL_NAMES.index(key): logit(p[:, j]))
+            lens, sky, hard = (score(mats[r][0]) for r in ("lens", "sky", "hard"))
+            entry = {"lens": lens[lens_keep], "sky": _finite(sky), "hard": _finite(hard), "frozen": None}
+            if mats["frozen"][0] is not None:
+                entry["frozen"] = score(mats["frozen"][0])
+                entry["frozen_kind"] = mats["frozen"][1]["TRUTH_KIND"].astype(str)
+            figs = _paired_figures(entry)
+            t1, t01 = threshold_at_fpr(entry["sky"], 1e-2)[0], threshold_at_fpr(entry["sky"], 1e-3)[0]
+            figs["hard_auroc"] = _auroc_sorted(entry["lens"], np.sort(entry["hard"]))
+            if mats["j0946"][0] is not None:
+                z = float(score(mats["j0946"][0])[0])
+                figs["j0946_P"] = float(1.0 / (1.0 + np.exp(-z)))
+            if mats["real"][0] is not None:
+                real = score(mats["real"][0])
+                figs.update(real_above_fpr1=int(np.sum(real > t1)), real_above_fpr01=int(np.sum(real > t01)),
+                            real_top_log_odds=float(np.max(real)), threshold_fpr01_log_odds=float(t01))
+            if key == "ensemble":
+                d.update(entry=entry, figures=figs)
+            else:
+                d["singles"][key] = figs
+        data[name] = d
+    ref = data[reference]["entry"]
+    rng = np.random.default_rng(2028)
+    sizes = {k: ref[k].size for k in ("lens", "sky", "hard", "frozen") if ref.get(k) is not None}
+    for name, d in data.items():
+        if name == reference:
+            continue
+        diffs = []
+        for _ in range(bootstrap):
+            idx = {k: rng.integers(0, n, n) for k, n in sizes.items()}
+            a, b = _paired_figures(d["entry"], idx), _paired_figures(ref, idx)
+            diffs.append({k: a[k] - b[k] for k in a})
+        point_a, point_b = _paired_figures(d["entry"]), _paired_figures(ref)
+        d["paired"] = {k: {"diff": point_a[k] - point_b[k],
+                           "ci95": [float(np.quantile([x[k] for x in diffs], q)) for q in (0.025, 0.975)]}
+                       for k in point_a}
+    result = {n: {k: v for k, v in d.items() if k != "entry"} for n, d in data.items()}
+    doc = {"sets": sets, "reference": reference, "bootstrap": bootstrap, "judged": judged, "results": result}
+    (out_dir / "compare.json").write_text(json.dumps(doc, indent=1, default=float))
+    text = compare_markdown(result, reference, judged)
+    (out_dir / "compare.md").write_text(text)
+    print(text)
+    return result
+
+
+def compare_markdown(result: dict, reference: str, judged: dict[str, str] | None = None) -> str:
+    judged = judged or JUDGED_V4
+    cols = ("auroc", "tpr_fpr1", "tpr_fpr01", "hard_auroc", "hard_tpr_fpr1", "j0946_P")
+    head = ["set", "AUROC sky", "TPR@FPR1%", "TPR@FPR0.1%", "AUROC hard", "TPR@FPR1% hard",
+            "J0946 P", "real above 1 % / 0.1 % thr", "top real log-odds / 0.1 % thr",
+            *(f"proxy {g}" for g in PROXY_GROUPS)]
+    lines = [f"## Ensembles (lenses: {judged['lens']}; sky: {judged['sky']}*; hard: {judged['hard']}; the proxy: "
+             "the lenses above each frozen group's 99th percentile)",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, d in result.items():
+        f = d["figures"]
+        row = [name, *(_f(f.get(c)) for c in cols),
+               f"{f.get('real_above_fpr1', '—')} / {f.get('real_above_fpr01', '—')}",
+               f"{_f(f.get('real_top_log_odds'), 2)} / {_f(f.get('threshold_fpr01_log_odds'), 2)}",
+               *(_f(f.get('proxy ' + g)) for g in PROXY_GROUPS)]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"## Paired against {reference} (95 % bootstrap intervals of the difference)", ""]
+    for name, d in result.items():
+        if "paired" in d:
+            lines.append(f"- {name}: " + "; ".join(
+                f"{k} {v['diff']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" for k, v in d["paired"].items()))
+    lines += ["", "## Single networks", "",
+              "| set | model | AUROC sky | TPR@FPR1% | TPR@FPR0.1% | TPR@FPR1% hard | J0946 P | real above 1 % / 0.1 % |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, d in result.items():
+        for model, f in d["singles"].items():
+            lines.append(f"| {name} | {model} | {_f(f['auroc'])} | {_f(f['tpr_fpr1'])} | {_f(f['tpr_fpr01'])} | "
+                         f"{_f(f['hard_tpr_fpr1'])} | {_f(f.get('j0946_P'))} | "
+                         f"{f.get('real_above_fpr1', '—')} / {f.get('real_above_fpr01', '—')} |")
+    for name, d in result.items():
+        if d["weights"]:
+            lines.append(f"\nStack weights, {name}: " + ", ".join(f"{m} {w:+.2f}" for m, w in d["weights"].items()))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -410,9 +594,24 @@ def main(argv=None) -> None:
     r.add_argument("--sets", required=True, type=Path)
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--bootstrap", type=int, default=300)
+    c = sub.add_parser("compare", help="sets against a reference set on the v4 judged stores, paired bootstrap")
+    c.add_argument("--scores", required=True, type=Path)
+    c.add_argument("--sets", required=True, type=Path)
+    c.add_argument("--reference", required=True, help="name of the set the others are compared with")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--bootstrap", type=int, default=1000)
+    c.add_argument("--lenses", default=JUDGED_V4["lens"], help="store of the lenses (its TRUTH_LABEL == 1 rows)")
+    c.add_argument("--sky", default=JUDGED_V4["sky"], help="prefix of the sky-mix stores")
+    c.add_argument("--hard", default=JUDGED_V4["hard"], help="store of the hard negatives")
     args = ap.parse_args(argv)
     if args.cmd == "score":
         score(args.label, args.models, [n for n in args.only.split(",") if n], args.out, args.stores)
+    elif args.cmd == "compare":
+        sets = json.loads(args.sets.read_text())
+        if args.reference not in sets:
+            sys.exit(f"--reference {args.reference!r} is not one of the sets: {', '.join(sets)}")
+        compare(args.scores, sets, args.reference, args.out, args.bootstrap,
+                {"lens": args.lenses, "sky": args.sky, "hard": args.hard})
     else:
         report(args.scores, json.loads(args.sets.read_text()), args.out, args.bootstrap)
 

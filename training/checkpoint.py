@@ -6,8 +6,9 @@ only tensors, numbers, strings, lists and dicts) holding
 * ``format`` (:data:`CHECKPOINT_FORMAT`), ``model`` (registry name), ``config`` (the
   :class:`~lensengine.training.train.TrainConfig` as a dict);
 * ``model_state`` and ``optimizer_state`` after ``epoch`` completed epochs;
-* ``best_state``, ``best_epoch``, ``best_val_loss``: the weights of the lowest
-  validation loss so far (what gets exported);
+* ``best_state``, ``best_epoch``, ``best_val_loss``: the weights of the best
+  validation epoch so far by ``select_by_used`` (TPR at FPR 1 %, AUROC or the
+  loss; checkpoints before stop 28: the loss) and that epoch's loss (what gets exported);
 * ``rng``: the torch CPU (and CUDA) generator states, the shuffling generator
   (which also seeds each epoch's augmentation), NumPy's global state, so a
   resumed run continues exactly;
@@ -97,7 +98,10 @@ def checkpoint_metrics(ckpt: dict) -> dict:
     out = {
         "best_epoch": ckpt.get("best_epoch"),
         "best_val_loss": ckpt.get("best_val_loss"),
+        "selected_by": ckpt.get("select_by_used", "loss"),
         "val_accuracy": best.get("val_acc"),
+        "val_auroc": best.get("val_auroc"),
+        "val_tpr_fpr1": best.get("val_tpr_fpr1"),
         "train_loss": best.get("train_loss"),
         "epochs_run": ckpt.get("epoch"),
         "stop_reason": ckpt.get("stop_reason"),

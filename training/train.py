@@ -3,7 +3,8 @@
 :func:`train` reads the training (and validation) store through
 :mod:`lensengine.training.data` (the engine's Preprocessor), trains with Adam
 and class-weighted cross-entropy on the two logits, keeps the weights of the
-lowest validation loss, writes a CSV log and a checkpoint after every epoch,
+best validation epoch (by default its TPR at FPR 1 %, see :data:`SELECT_BY`),
+writes a CSV log and a checkpoint after every epoch,
 and exports the best weights as ONNX at the end.  The sky recipe (issue 11)
 adds per-cutout augmentation (:class:`~lensengine.training.data.Augmenter`:
 the eight flips/turns and raw-band noise, blur and sky jitter), hard-negative
@@ -19,8 +20,9 @@ Output directory (``--out runs/OU-66``)::
 
     config.json   the resolved TrainConfig
     last.pt       checkpoint after the latest epoch (resume from here)
-    best.pt       checkpoint of the lowest validation loss
-    log.csv       time, epoch, train/val loss and accuracy, data-wait fraction, img/s
+    best.pt       checkpoint of the best validation epoch (``select_by``)
+    log.csv       time, epoch, train/val loss and accuracy, validation AUROC and TPR at FPR 1 %,
+                  data-wait fraction, img/s
     OU_66.onnx    the exported best weights (+ OU_66.pt state_dict)
 """
 
@@ -71,8 +73,16 @@ def scheduled_lr(cfg: "TrainConfig", epoch: int, fraction: float = 0.0) -> float
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * progress))
 
 
-LOG_COLUMNS = ("time_utc", "elapsed_s", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-               "epoch_s", "train_s", "data_wait_frac", "img_per_s", "best", "l2sp", "n_hard")
+LOG_COLUMNS = ("time_utc", "elapsed_s", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auroc",
+               "val_tpr_fpr1", "lr", "epoch_s", "train_s", "data_wait_frac", "img_per_s", "best", "l2sp", "n_hard")
+
+# What decides the kept ("best") epoch.  A survey uses a lens finder at a false-positive rate of 1e-3 to
+# 1e-2, and the validation loss on a lens-rich store does not rank epochs the way the sky does (stop 28:
+# OU-66 on twice the training data had its lowest validation loss at epoch 1, its worst epoch on the
+# judged sky mix; the validation store's own TPR at FPR 1 % ranked the epochs as the sky did).
+SELECT_BY = ("tpr_fpr1", "auroc", "loss")
+# Below this many validation negatives FPR 1 % allows no false positive at all: selection falls back to loss.
+MIN_NEGATIVES_FPR1 = 100
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,9 @@ class TrainConfig:
     max_val: int | None = None         # use at most this many validation cutouts
     min_arc_snr: float | None = None   # leave training lenses with arc S/N below this out (a --val store
                                        # keeps all; a split of the training store is filtered before it)
-    early_stop: int | None = None      # stop after this many epochs without a lower validation loss
+    early_stop: int | None = None      # stop after this many epochs without a better validation epoch
+    select_by: str = "tpr_fpr1"        # tpr_fpr1 | auroc | loss: the validation figure that picks the kept
+                                       # epoch (ties: lower loss); too few negatives for FPR 1 %: loss
     max_time_min: float | None = None  # stop before an epoch would end past this budget (per invocation)
     precision: str = "auto"            # auto | fp32 | bf16 | fp16 (fp16: CUDA only, with a grad scaler)
     val_precision: str = "fp32"        # validation in fp32 so the kept weights are judged as exported
@@ -127,6 +139,8 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         if self.augment not in AUGMENT_MODES:
             raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)}, got {self.augment!r}")
         if not 0 <= self.hard_negatives < 1 or self.hard_negative_boost < 1:
@@ -143,6 +157,7 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("select_by", "loss")  # checkpoints before stop 28 kept the lowest validation loss
         if isinstance(values.get("augment"), bool):  # checkpoints before the sky recipe: a per-batch flag
             values["augment"] = "flips" if values["augment"] else "none"
         return cls(**values)
@@ -150,7 +165,7 @@ class TrainConfig:
 
 # Fields a resumed run may change; the others must match the checkpoint.
 _RESUMABLE_CHANGES = {"epochs", "early_stop", "max_time_min", "num_threads", "prefetch", "loader_workers",
-                      "device", "cache", "max_memory_gb", "train_store", "val_store"}
+                      "device", "cache", "max_memory_gb", "train_store", "val_store", "select_by"}
 
 
 @dataclass
@@ -259,7 +274,8 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
     """Train (optimizer given) or evaluate over ``order``; returns loss, accuracy, timings.
 
     With hard-negative mining, training also returns ``scores``: the P(lens) each
-    training row got in its last forward pass of the epoch (NaN if unseen).
+    training row got in its last forward pass of the epoch (NaN if unseen); evaluation
+    always returns them (the validation figures).
     ``anchor`` (L2-SP) adds ``l2sp/2 · Σ‖w − w0‖²`` to the training loss; the
     logged loss stays the cross-entropy alone, comparable with validation.
     ``lr_at(fraction)`` sets the learning rate before each step (a schedule).
@@ -270,7 +286,8 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
                          augmenter=augmenter if training else None, seed=aug_seed, workers=cfg.loader_workers)
     loss_sum = weight_sum = penalty_sum = 0.0
     correct = n = batches = 0
-    scores = np.full(len(data), np.nan, dtype=np.float32) if training and cfg.hard_negatives > 0 else None
+    keep = not training or cfg.hard_negatives > 0  # the validation figures, or hard-negative mining
+    scores = np.full(len(data), np.nan, dtype=np.float32) if keep else None
     n_batches = math.ceil(len(order) / cfg.batch_size)
     t0 = time.perf_counter()
     with torch.set_grad_enabled(training):
@@ -282,13 +299,13 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
             per = criterion(logits.float(), y)
             w = criterion.weight[y] if criterion.weight is not None else torch.ones_like(per)
             loss = per.sum() / w.sum()
+            if scores is not None:
+                scores[order[n:n + len(y_np)]] = logits.detach().float().softmax(1)[:, 1].cpu().numpy()
             if training:
                 if anchor:
                     penalty = _l2sp_penalty(anchor)
                     loss = loss + 0.5 * cfg.l2sp * penalty
                     penalty_sum += float(penalty.detach())
-                if scores is not None:
-                    scores[order[n:n + len(y_np)]] = logits.detach().float().softmax(1)[:, 1].cpu().numpy()
                 if lr_at is not None:
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(batches / n_batches)
@@ -354,6 +371,47 @@ def _load_data(cfg: TrainConfig, data, val, spec) -> tuple[CutoutSet, CutoutSet,
 
 # --- logging -------------------------------------------------------------------------------------
 
+def val_figures(labels, scores) -> dict[str, float]:
+    """``val_auroc`` and ``val_tpr_fpr1`` of a validation pass; NaN where the set cannot give one
+    (one class only; fewer than :data:`MIN_NEGATIVES_FPR1` negatives for the TPR)."""
+    from lensengine.training.metrics import auroc, threshold_at_fpr
+
+    y, p = np.asarray(labels), np.asarray(scores, np.float64)
+    ok = np.isfinite(p)
+    y, p = y[ok], p[ok]
+    neg, lens = p[y == 0], p[y == 1]
+    out = {"val_auroc": float("nan"), "val_tpr_fpr1": float("nan")}
+    if neg.size and lens.size:
+        out["val_auroc"] = float(auroc(y, p))
+        if neg.size >= MIN_NEGATIVES_FPR1:
+            out["val_tpr_fpr1"] = float(np.mean(lens > threshold_at_fpr(neg, 1e-2)[0]))
+    return out
+
+
+def selection_used(select_by: str, labels) -> str:
+    """The figure that can pick the kept epoch on this validation set: ``select_by``, or ``loss``
+    when the set has no lenses, no negatives, or (for ``tpr_fpr1``) too few negatives."""
+    y = np.asarray(labels)
+    n_neg, n_lens = int(np.sum(y == 0)), int(np.sum(y == 1))
+    if select_by == "loss" or n_lens == 0 or n_neg == 0:
+        return "loss"
+    return "loss" if select_by == "tpr_fpr1" and n_neg < MIN_NEGATIVES_FPR1 else select_by
+
+
+def selection_key(row: dict, used: str) -> tuple | None:
+    """How good a logged epoch is by ``used`` (larger is better; ties go to the lower loss);
+    None when the row does not have the figure."""
+    loss = float(row.get("val_loss", float("nan")))
+    if not math.isfinite(loss):
+        return None
+    if used == "loss":
+        return (-loss,)
+    value = row.get(f"val_{used}")
+    if value is None or value == "" or not math.isfinite(float(value)):
+        return None
+    return (float(value), -loss)
+
+
 def _write_log(path: Path, history: list) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
@@ -407,7 +465,7 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             log.info("%s: %s already finished (%d epochs, best at %d)", spec.name, last_path, ckpt["epoch"],
                      ckpt["best_epoch"])
             reason = "epochs" if ckpt["epoch"] >= cfg.epochs else \
-                f"early stop: no lower validation loss for {cfg.early_stop} epochs"
+                f"early stop: no better validation epoch for {cfg.early_stop} epochs"
             onnx_path = (export_checkpoint(best_path, out / f"{spec.file_stem}.onnx")
                          if export and best_path.is_file() else None)
             return TrainResult(out, last_path, best_path, onnx_path, ckpt["best_epoch"], ckpt["best_val_loss"],
@@ -444,6 +502,12 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
 
     epoch, best_epoch, best_val, best_state, history, since_best = 0, 0, math.inf, None, [], 0
+    select = selection_used(cfg.select_by, val_set.labels)
+    if select != cfg.select_by:
+        log.warning("%s: the validation set (%d cutouts, %d negatives) cannot rank epochs by %s: the kept epoch is "
+                    "the lowest validation loss", spec.name, len(val_set), int(np.sum(np.asarray(val_set.labels) == 0)),
+                    cfg.select_by)
+    best_key = None
     hard_scores = None  # P(lens) of every training row in the last epoch (hard-negative mining)
     if ckpt is not None:
         net.load_state_dict(ckpt["model_state"])
@@ -459,10 +523,14 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
         restore_rng(ckpt["rng"], gen)
         epoch, best_epoch, best_val = ckpt["epoch"], ckpt["best_epoch"], ckpt["best_val_loss"]
         best_state, history = ckpt["best_state"], list(ckpt.get("history") or [])
+        # the kept epoch, ranked by this run's figure (a checkpoint that ranked by another is re-ranked;
+        # if its row lacks the figure, the next epoch replaces it)
+        best_key = selection_key(next((r for r in history if r.get("epoch") == best_epoch), {}), select)
         since_best = epoch - best_epoch
         log.info("%s: resuming from epoch %d (best %.5f at epoch %d)", spec.name, epoch, best_val, best_epoch)
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "precision_used": precision,
-                                                 "device_used": str(device), "data": data_report}, indent=2))
+                                                 "device_used": str(device), "select_by_used": select,
+                                                 "data": data_report}, indent=2))
     log.info("%s: %d training / %d validation cutouts (lens fraction %.3f), batch %d, %s on %s",
              spec.name, len(train_set), len(val_set), f, cfg.batch_size, precision, device)
 
@@ -476,7 +544,7 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     with _progress(progress) as bar, threadpool_limits(limits=1, user_api="blas"):
         while epoch < cfg.epochs:
             if cfg.early_stop is not None and since_best >= cfg.early_stop:
-                stop_reason = f"early stop: no lower validation loss for {cfg.early_stop} epochs"
+                stop_reason = f"early stop: no better validation epoch for {cfg.early_stop} epochs"
                 break
             if stop_after is not None and epochs_this_call >= stop_after:
                 stop_reason = "interrupted"
@@ -503,11 +571,13 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
                 hard_scores = fresh if hard_scores is None else np.where(np.isnan(fresh), hard_scores, fresh)
             bar.remove_task(task)
             va = _run_epoch(net, val_set, val_order, cfg, device, val_precision, criterion)
+            figures = val_figures(val_set.labels, va["scores"])
             epoch += 1
             epochs_this_call += 1
-            improved = va["loss"] < best_val
+            key = selection_key({"val_loss": va["loss"], **figures}, select)
+            improved = key is not None and (best_key is None or key > best_key)
             if improved:
-                best_val, best_epoch, since_best = va["loss"], epoch, 0
+                best_val, best_epoch, best_key, since_best = va["loss"], epoch, key, 0
                 best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
             else:
                 since_best += 1
@@ -515,20 +585,21 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             row = {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "elapsed_s": round(run_t0 + time.perf_counter() - t_start, 2), "epoch": epoch,
                    "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
-                   "lr": lr_start, "epoch_s": round(epoch_s, 3), "train_s": round(tr["seconds"], 3),
+                   **figures, "lr": lr_start, "epoch_s": round(epoch_s, 3), "train_s": round(tr["seconds"], 3),
                    "data_wait_frac": round(tr["wait_frac"], 4), "img_per_s": round(tr["img_per_s"], 1),
                    "best": int(improved), "l2sp": round(tr["l2sp"], 6), "n_hard": n_hard}
             history.append(row)
-            log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f%s | %.0f img/s, data wait %.1f%%",
-                     spec.name, epoch, tr["loss"], tr["acc"], va["loss"], va["acc"], " *" if improved else "",
-                     tr["img_per_s"], 100 * tr["wait_frac"])
+            log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f AUROC %.3f TPR@FPR1%% %.3f%s | "
+                     "%.0f img/s, data wait %.1f%%", spec.name, epoch, tr["loss"], tr["acc"], va["loss"], va["acc"],
+                     figures["val_auroc"], figures["val_tpr_fpr1"], " *" if improved else "", tr["img_per_s"],
+                     100 * tr["wait_frac"])
             state = {
                 "model": spec.name, "config": asdict(cfg), "precision_used": precision, "epoch": epoch,
                 "model_state": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
                 "optimizer_state": optimizer.state_dict(),
                 "scaler_state": scaler.state_dict() if scaler is not None else None,
                 "best_state": best_state, "best_epoch": best_epoch, "best_val_loss": best_val,
-                "rng": capture_rng(gen), "history": history, "data": data_report, "stop_reason": None,
+                "select_by_used": select, "rng": capture_rng(gen), "history": history, "data": data_report, "stop_reason": None,
                 "hard_scores": torch.from_numpy(hard_scores.copy()) if hard_scores is not None else None,
             }
             save_checkpoint(last_path, state)
@@ -542,8 +613,8 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
         ck = load_checkpoint(last_path)
         ck["stop_reason"] = stop_reason
         save_checkpoint(last_path, ck)
-    log.info("%s: stopped (%s) after %d epochs; best validation loss %.5f at epoch %d",
-             spec.name, stop_reason, epoch, best_val, best_epoch)
+    log.info("%s: stopped (%s) after %d epochs; kept epoch %d (by %s; validation loss %.5f)",
+             spec.name, stop_reason, epoch, best_epoch, select, best_val)
     onnx_path = None
     if export and best_path.is_file() and stop_reason != "interrupted":
         onnx_path = export_checkpoint(best_path, out / f"{spec.file_stem}.onnx")

@@ -50,7 +50,12 @@ def _quiet(ctx: click.Context) -> bool:
 @click.option("--min-arc-snr", "min_arc_snr", type=float, default=None,
               help="Leave the training lenses whose arcs have S/N below this out (truth column arc_snr; "
                    "negatives all kept; a --val store keeps every lens). Default: keep all.")
-@click.option("--early-stop", type=int, default=None, help="Stop after PATIENCE epochs without a lower validation loss.")
+@click.option("--early-stop", type=int, default=None, help="Stop after PATIENCE epochs without a better validation epoch.")
+@click.option("--select-by", "select_by", type=click.Choice(["tpr_fpr1", "auroc", "loss"]), default="tpr_fpr1",
+              show_default=True,
+              help="Validation figure that picks the kept (exported) epoch: TPR at FPR 1 % on the validation "
+                   "store's own negatives (needs >= 100 of them; fewer: the loss), AUROC, or the loss (before "
+                   "stop 28). Ties go to the lower loss; every figure is in log.csv.")
 @click.option("--max-time", "max_time", type=float, default=None,
               help="Minutes per model for this invocation; stops cleanly between epochs (resume later).")
 @threads_option(help="torch intra-op threads (0: torch's default, from the cores).")
@@ -80,14 +85,15 @@ def _quiet(ctx: click.Context) -> bool:
 @needs_extra("torch")
 @click.pass_context
 def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size, lr, lr_schedule, seed, val_fraction,
-              device, precision, max_train, max_val, min_arc_snr, early_stop, max_time, threads, cache, max_memory_gb,
-              loader_workers, init_from, augment, hard_negatives, hard_boost, l2sp, resume, no_export, as_json):
+              device, precision, max_train, max_val, min_arc_snr, early_stop, select_by, max_time, threads, cache,
+              max_memory_gb, loader_workers, init_from, augment, hard_negatives, hard_boost, l2sp, resume, no_export, as_json):
     """Train a lens-finding CNN: the paper's recipe (Adam 3e-4, class-weighted cross-entropy) plus the sky recipe.
 
     The sky recipe: per-cutout flips/turns and raw-band jitter (--augment), hard-negative
     mining (--hard-negatives) and L2-SP towards the published weights (--init-from, --l2sp).
 
-    Keeps the weights of the lowest validation loss, logs every epoch to OUT/log.csv,
+    Keeps the weights of the best validation epoch (--select-by: by default its TPR at FPR 1 %,
+    the operating point a survey uses), logs every epoch to OUT/log.csv,
     checkpoints every epoch (OUT/last.pt, resumable with --resume) and exports OUT/<MODEL>.onnx.
 
     Example: lensengine train --model OU-66 --tiles train.zarr --val val.zarr --out runs/OU-66
@@ -107,7 +113,7 @@ def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size,
     data = store
     cfg = TrainConfig(model=chosen[0], epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, seed=seed,
                       val_fraction=val_fraction, max_train=max_train, max_val=max_val,
-                      min_arc_snr=min_arc_snr, early_stop=early_stop,
+                      min_arc_snr=min_arc_snr, early_stop=early_stop, select_by=select_by,
                       max_time_min=max_time, precision=precision, device=device, num_threads=threads or None,
                       cache=cache, max_memory_gb=max_memory_gb, init_from=str(init_from or ""), augment=augment,
                       hard_negatives=hard_negatives, hard_negative_boost=hard_boost, l2sp=l2sp,
@@ -128,8 +134,8 @@ def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size,
                    for name, r in results.items()})
         return
     for name, r in results.items():
-        click.echo(f"{name}: {r.epochs_run} epochs ({r.stop_reason}); best validation loss {r.best_val_loss:.5f} "
-                   f"at epoch {r.best_epoch}; {r.onnx or r.best_checkpoint}")
+        click.echo(f"{name}: {r.epochs_run} epochs ({r.stop_reason}); kept epoch {r.best_epoch} (validation loss "
+                   f"{r.best_val_loss:.5f}); {r.onnx or r.best_checkpoint}")
 
 
 @click.command("evaluate")

@@ -90,3 +90,63 @@ def test_a_set_scored_on_the_v4_stores_only_gets_the_v4_table_alone(tmp_path):
     with pytest.raises(SystemExit, match="neither the lenses store nor the v4 stores"):
         sc.report(tmp_path, {"b": {"models": dict.fromkeys(sc.MODEL_NAMES, "b"), "ensemble": "mean"}},
                   tmp_path / "out2", bootstrap=0)
+
+
+def test_compare_pairs_sets_on_the_same_resamples_and_refits_the_stack(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sc = _sky_check()
+    rng = np.random.default_rng(3)
+    kinds = np.array(["elliptical", "spiral-face-on", "ring"] * 200)
+
+    def write(label, store, n, lens, shift=0.0, extra=None):
+        base = rng.normal(1.5 if lens else -1.5, 1.5, n) + shift * lens  # the networks agree, up to noise
+        cols = {sc.column(m): 1 / (1 + np.exp(-(base + rng.normal(0, 0.3, n)))) for m in sc.MODEL_NAMES}
+        cols.update(TRUTH_LABEL=np.full(n, int(lens)), **(extra or {}))
+        pq.write_table(pa.table(cols), tmp_path / f"{label}__{store}.parquet")
+
+    for label, shift in (("a", 0.0), ("b", 1.0)):  # b: the same cutouts scored by better networks
+        rng = np.random.default_rng(3)
+        write(label, "v4_lenses", 400, True, shift)
+        write(label, "v4_sky", 3000, False)
+        write(label, "v4_hard", 1000, False)
+        write(label, "frozen_nonlenses", 600, False, extra={"TRUTH_KIND": kinds})
+        write(label, "j0946", 1, True, shift)
+        write(label, "real_galaxies", 50, False)
+        lab = np.r_[np.ones(300, int), np.zeros(300, int)]
+        cols = {sc.column(m): 1 / (1 + np.exp(-rng.normal(np.where(lab == 1, 1.5 + shift, -1.5), 1.5)))
+                for m in sc.MODEL_NAMES}
+        pq.write_table(pa.table({**cols, "TRUTH_LABEL": lab}), tmp_path / f"{label}__val.parquet")
+    every = dict.fromkeys(sc.MODEL_NAMES, "a")
+    sets = {"ref": {"models": every, "ensemble": "mean"},
+            "same": {"models": every, "ensemble": "mean"},
+            "better": {"models": dict.fromkeys(sc.MODEL_NAMES, "b"), "ensemble": "stack", "refit": "val"}}
+    out = sc.compare(tmp_path, sets, "ref", tmp_path / "cmp", bootstrap=50)
+    # identical sets differ by exactly zero on every resample
+    assert all(v["diff"] == 0 and v["ci95"] == [0, 0] for v in out["same"]["paired"].values())
+    better = out["better"]["paired"]
+    assert better["tpr_fpr1"]["diff"] > 0.1 and better["tpr_fpr1"]["ci95"][0] > 0
+    # the refitted stack is saved and weighs the seven networks
+    saved = json.loads((tmp_path / "cmp" / "ou_stack_better.json").read_text())
+    assert saved["balanced"] and saved["n_fit"] == 600 and len(saved["coef"]) == 7
+    # hand check of the reference's figures: mean ensemble as log-odds, thresholds from the sky store
+    sky = pq.read_table(tmp_path / "a__v4_sky.parquet").to_pydict()
+    lens = pq.read_table(tmp_path / "a__v4_lenses.parquet").to_pydict()
+    frozen = pq.read_table(tmp_path / "a__frozen_nonlenses.parquet").to_pydict()
+    mean = lambda t: np.mean([np.asarray(t[sc.column(m)]) for m in sc.MODEL_NAMES], axis=0)  # noqa: E731
+    s, l, f = mean(sky), mean(lens), mean(frozen)
+    t1 = np.sort(s)[::-1][30]  # k = 30 false positives allowed of 3 000 at FPR 1 %: the 31st highest
+    assert out["ref"]["figures"]["tpr_fpr1"] == pytest.approx(np.mean(l > t1))
+    cut = np.quantile(f[kinds == "elliptical"], 0.99)
+    assert out["ref"]["figures"]["proxy ellipticals"] == pytest.approx(np.mean(l > cut))
+    assert out["ref"]["figures"]["real_above_fpr1"] <= 50
+    assert "| better |" in (tmp_path / "cmp" / "compare.md").read_text()
+    # other stores in the roles (a selection set): swapping sky and hard swaps their figures
+    swapped = sc.compare(tmp_path, {"ref": sets["ref"]}, "ref", tmp_path / "sel", bootstrap=0,
+                         judged={"sky": "v4_hard", "hard": "v4_sky"})
+    assert swapped["ref"]["figures"]["auroc"] == pytest.approx(out["ref"]["figures"]["hard_auroc"])
+    assert swapped["ref"]["figures"]["hard_tpr_fpr1"] == pytest.approx(out["ref"]["figures"]["tpr_fpr1"])
+    assert "sky: v4_hard*" in (tmp_path / "sel" / "compare.md").read_text()

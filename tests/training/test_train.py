@@ -311,3 +311,47 @@ def test_auto_precision_needs_bf16_hardware(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
     assert cpu_has_bf16(str(info))
     assert not cpu_has_bf16(str(tmp_path / "absent"))
+
+
+def test_validation_figures_are_hand_computed():
+    from lensengine.training.train import selection_key, selection_used, val_figures
+
+    rng = np.random.default_rng(11)
+    neg, lens = rng.normal(0, 1, 250), rng.normal(1.5, 1, 40)
+    labels = np.r_[np.zeros(250, int), np.ones(40, int)]
+    figs = val_figures(labels, np.r_[neg, lens])
+    cut = np.sort(neg)[::-1][2]  # FPR 1 % of 250 allows 2 false positives: the third highest negative
+    assert figs["val_tpr_fpr1"] == pytest.approx(np.mean(lens > cut))
+    assert figs["val_auroc"] == pytest.approx(np.mean(lens[:, None] > neg[None, :]))
+    # too few negatives for FPR 1 %: no TPR, and the selection falls back to the loss
+    few = val_figures(labels[160:], np.r_[neg, lens][160:])
+    assert math.isnan(few["val_tpr_fpr1"]) and math.isfinite(few["val_auroc"])
+    assert selection_used("tpr_fpr1", labels[160:]) == "loss" and selection_used("auroc", labels[160:]) == "auroc"
+    assert selection_used("tpr_fpr1", labels) == "tpr_fpr1" and selection_used("auroc", np.zeros(9)) == "loss"
+    # the operating point ranks first, the loss breaks ties; a row without the figure cannot be kept
+    rows = [{"val_loss": 0.40, "val_tpr_fpr1": 0.20}, {"val_loss": 0.55, "val_tpr_fpr1": 0.25},
+            {"val_loss": 0.50, "val_tpr_fpr1": 0.25}, {"val_loss": 0.30}]
+    keys = [selection_key(r, "tpr_fpr1") for r in rows]
+    assert max(k for k in keys if k is not None) == keys[2] and keys[3] is None
+    assert max(selection_key(r, "loss") for r in rows) == selection_key(rows[3], "loss")
+
+
+def test_kept_epoch_is_the_best_tpr_at_fpr1_and_old_checkpoints_kept_the_loss(store, tmp_path):
+    from lensengine.training.checkpoint import checkpoint_metrics, load_checkpoint
+    from lensengine.training.train import TrainConfig, selection_key, train
+
+    val = make_store(tmp_path / "val.zarr", n=288, seed=21)  # about 115 negatives: FPR 1 % allows one
+    run = train(_cfg(epochs=3, max_train=32, max_val=None), store, tmp_path / "run", val=val, progress=False,
+                export=False)
+    with open(run.out_dir / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(math.isfinite(float(r["val_tpr_fpr1"])) and 0 <= float(r["val_auroc"]) <= 1 for r in rows)
+    best = max(rows, key=lambda r: selection_key(r, "tpr_fpr1"))
+    assert run.best_epoch == int(best["epoch"]) and run.best_val_loss == pytest.approx(float(best["val_loss"]))
+    ck = load_checkpoint(run.checkpoint)
+    assert ck["select_by_used"] == "tpr_fpr1" and checkpoint_metrics(ck)["selected_by"] == "tpr_fpr1"
+    # a configuration written before the figure existed kept the lowest validation loss
+    old = {k: v for k, v in ck["config"].items() if k != "select_by"}
+    assert TrainConfig.from_dict(old).select_by == "loss"
+    with pytest.raises(ValueError, match="select_by"):
+        _cfg(select_by="f1").resolved()
