@@ -19,6 +19,10 @@ cascade, on real stores (the cascade's pass rate depends on the cutouts):
     python benchmarks/bench_engine.py --models models --overlap --source sky1.zarr --subset 1024 --subset 4096 \
         --json results_overlap.json
 
+The bound scores the store's own first 512 cutouts (preprocessed as the run does), before and after the runs;
+each run also reports its CPU split (``cpu_split``): the share of the cores' time its network threads held over
+the whole command, which does not move with a machine whose speed drifts between measurements.
+
 Prints a table and writes JSON.  Use a quiet machine: the ratios are what count.
 """
 
@@ -67,6 +71,11 @@ class PeakRSS:
     def __init__(self, interval: float = 0.2, pid: int | None = None):
         self.interval, self.pid, self.peak, self._stop = interval, pid, 0, threading.Event()
         self._cpu: dict[int, float] = {}
+        self._thread_cpu: dict[tuple[int, int], float] = {}
+
+    def busiest_threads(self, k: int = 8) -> list[float]:
+        """CPU seconds of the tree's ``k`` busiest threads, most first (a run's network threads lead)."""
+        return sorted(self._thread_cpu.values(), reverse=True)[:k]
 
     @property
     def cpu_s(self) -> float:
@@ -85,6 +94,8 @@ class PeakRSS:
                     total += p.memory_info().rss
                     t = p.cpu_times()
                     self._cpu[p.pid] = t.user + t.system
+                    for th in p.threads():
+                        self._thread_cpu[(p.pid, th.id)] = th.user_time + th.system_time
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
@@ -138,8 +149,8 @@ def end_to_end(store: Path, models_dir: Path, workers: int, tmp: Path, precision
     skipped = summary.get("flag_counts", {}).get("CASCADE_SKIPPED", 0)
     return {"cutouts": n, "wall_s": wall, "rate": n / wall, "scoring_s": summary["seconds"],
             "scoring_rate": n / summary["seconds"], "peak_rss_mb": mem.peak / 2**20,
-            "cpu_ms_per_cutout": 1e3 * mem.cpu_s / n, "candidates": summary["n_candidates"],
-            "pass_fraction": 1 - skipped / n}
+            "cpu_ms_per_cutout": 1e3 * mem.cpu_s / n, "cpu_s": mem.cpu_s, "busiest_threads_cpu_s": mem.busiest_threads(),
+            "candidates": summary["n_candidates"], "pass_fraction": 1 - skipped / n}
 
 
 _OPTIONS: dict = {}
@@ -154,21 +165,43 @@ def run_options(code: Path | None) -> str:
     return _OPTIONS[code]
 
 
-def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int = 2, lanes: int = 1) -> dict:
+def first_cutouts(store: Path, n: int) -> dict[str, np.ndarray]:
+    """The bands of the first ``n`` cutouts of ``store`` (across its tiles), in memory."""
+    src = SurveyStore.open(store)
+    pieces = []
+    for tile in src.tiles:
+        for start, stop in src.chunk_slices(tile):
+            if n <= 0:
+                break
+            stop = min(stop, start + n)
+            pieces.append(src.read(tile, start, stop))
+            n -= stop - start
+    batch = CutoutBatch.concatenate(pieces)
+    return {b: a for b, a in batch.bands().items() if a is not None}
+
+
+def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int = 2, lanes: int = 1,
+               store: Path | None = None) -> dict:
     """Seven models on preprocessed in-memory arrays (batch 32), no I/O, no preprocessing.
 
     ``lanes`` 1: one model at a time on ``threads`` threads (``per_model`` rates); more: the run's lanes (the
     engine's own launcher, networks side by side on ``threads // lanes`` threads each; no per-model rates).
+    ``store``: the inputs are its first ``n`` cutouts, preprocessed (the pixels a run of it scores); without
+    it, random gamma-distributed bands.
     """
     from lensengine.engine.preprocess import PreparedBatch
     from lensengine.engine.scoring import _launch, make_runner
 
     entries = discover_models(models_dir)
-    rng = np.random.default_rng(1)
     n = min(n, 512)
-    bands = {"VIS": rng.gamma(2.0, 3.0, (n, 200, 200)).astype(np.float32)}
-    bands.update({b: rng.gamma(2.0, 40.0, (n, 66, 66)).astype(np.float32) for b in "YJH"})
-    prepared = Preprocessor([e.as_spec() for e in entries])(bands)
+    if store is not None:
+        bands = first_cutouts(store, n)
+        n = len(next(iter(bands.values())))
+    else:
+        rng = np.random.default_rng(1)
+        bands = {"VIS": rng.gamma(2.0, 3.0, (n, 200, 200)).astype(np.float32)}
+        bands.update({b: rng.gamma(2.0, 40.0, (n, 66, 66)).astype(np.float32) for b in "YJH"})
+    prepared = Preprocessor([e.as_spec() for e in entries])(bands, n)
     runners = {e.name: make_runner(e, precision, "cpu", max(1, threads // lanes)) for e in entries}
     for e in entries:
         runners[e.name](prepared.inputs[e.name][:16])
@@ -256,6 +289,24 @@ def subset_store(source: Path, dest: Path, n: int, chunk_size: int | None = None
     return dest
 
 
+def cpu_split(run: dict, cores: int | None = None, network_threads: int | None = None) -> dict:
+    """Where a whole ``lensengine run``'s CPU went: its ``network_threads`` busiest threads (default: one per
+    core: the two lanes of one worker, or one network thread in each of two workers, on 2 cores) against the
+    rest (reading, preprocessing, Dask, start-up, the merge) and the cores' idle time.
+
+    ``network_share`` is the share of the cores' time the networks held over the whole command: the run's
+    rate against a model-only bound measured at the networks' speed *during* the run, which on a machine whose
+    speed drifts (a shared VM) is steadier than the ratio of two rates measured minutes apart.
+    """
+    cores = cores or os.cpu_count() or 1
+    k = network_threads or cores
+    net = sum(run["busiest_threads_cpu_s"][:k])
+    available = cores * run["wall_s"]
+    return {"network_share": net / available, "network_ms": 1e3 * net / run["cutouts"],
+            "rest_ms": 1e3 * (run["cpu_s"] - net) / run["cutouts"],
+            "idle_share": max(0.0, available - run["cpu_s"]) / available}
+
+
 def cascade_bound(models_dir: Path, per_model: dict[str, float], threshold: float, pass_fraction: float) -> float:
     """The cascade's model-only bound (cutouts/s): its cheap networks on every cutout, the others on the share
     ``pass_fraction`` that the run sent on (the split of ``cascade.json``, as the run makes it)."""
@@ -286,8 +337,9 @@ def overlap(args, tmp: Path) -> dict:
     res: dict = {"cpu_count": os.cpu_count(), "threshold": args.threshold, "load_avg_start": os.getloadavg(),
                  "stores": {}}
     for store in stores:
-        before = model_only(args.models, 512, "fp32")
-        before_lanes = model_only(args.models, 512, "fp32", lanes=2)
+        # the bound scores the store's own first cutouts (the run's pixels), before and after the runs
+        before = model_only(args.models, 512, "fp32", store=store)
+        before_lanes = model_only(args.models, 512, "fp32", lanes=2, store=store)
         runs: dict[str, list] = {"w1": [], "w2": [], "cascade_w1": []}
         if args.baseline:
             runs.update(baseline_w1=[], baseline_cascade_w1=[])
@@ -303,8 +355,8 @@ def overlap(args, tmp: Path) -> dict:
             runs["w2"].append(end_to_end(store, args.models, 2, tmp, threshold=args.threshold, ensemble=ens))
             runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True, threshold=args.threshold,
                                                  ensemble=ens))
-        after = model_only(args.models, 512, "fp32")
-        after_lanes = model_only(args.models, 512, "fp32", lanes=2)
+        after = model_only(args.models, 512, "fp32", store=store)
+        after_lanes = model_only(args.models, 512, "fp32", lanes=2, store=store)
         one_lane = (before["rate"] + after["rate"]) / 2
         two_lanes = (before_lanes["rate"] + after_lanes["rate"]) / 2
         per_model = {m: (before["per_model"][m] + after["per_model"][m]) / 2 for m in before["per_model"]}
@@ -343,6 +395,12 @@ def overlap(args, tmp: Path) -> dict:
     for store, e in res["stores"].items():
         print(f"{Path(store).name}: model-only bound, one lane {e['bound_one_lane']:.1f}, two lanes "
               f"{e['bound_two_lanes']:.1f} cutouts/s")
+        for key in ("w1", "w2"):
+            split = cpu_split(e[key]["runs"][0])
+            e[key]["cpu_split"] = split
+            print(f"  {key}: the network threads held {split['network_share']:.3f} of the cores' time over the "
+                  f"whole command ({split['network_ms']:.1f} ms of CPU per cutout), everything else "
+                  f"{split['rest_ms']:.1f} ms per cutout, idle {split['idle_share']:.3f}")
     if args.baseline:
         for store, e in res["stores"].items():
             base_cascade = e.get("baseline_cascade_w1")

@@ -489,6 +489,35 @@ def _to_arrow(rows: dict[str, np.ndarray], schema):
 _WORKER_LOG_ENV = {"DASK_LOGGING": repr({"distributed": "warning", "distributed.worker": "critical"})}
 
 
+#: Dask's periodic work in the processes of a local cluster, made sparse: ``key: (Dask's default, the run's)``.
+#: With Dask's defaults an idle one-worker cluster spent 5.2 CPU seconds a minute on it (the worker's
+#: statistical profiler every 10 ms, 2.1 s of it; the event-loop watchdog every 20 ms in each process; the
+#: worker's memory monitor every 100 ms; the system monitor every 500 ms), with these 0.7: about 4 % of a
+#: 2-core machine given back to the networks (docs/performance.md).  Only the local cluster a run starts
+#: gets them, and only where Dask's default is in force: a value from a Dask config file or a DASK_*
+#: variable is kept (the dashboard's Profile page, empty without the profiler, comes back with
+#: ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True``).
+LEAN_DASK = {
+    "distributed.worker.profile.enabled": (True, False),
+    "distributed.admin.tick.interval": ("20ms", "1s"),
+    "distributed.worker.memory.monitor-interval": ("100ms", "1s"),
+    "distributed.admin.system-monitor.interval": ("500ms", "2s"),
+}
+
+
+def lean_dask_config() -> dict:
+    """The :data:`LEAN_DASK` values a local cluster starts with: those the user left at Dask's default."""
+    import dask
+    import distributed  # noqa: F401 - its import adds its defaults to Dask's config
+
+    out = {}
+    for key, (default, lean) in LEAN_DASK.items():
+        variable = "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+        if variable not in os.environ and dask.config.get(key, None) == default:
+            out[key] = lean
+    return out
+
+
 def _dask_log_level(opts: RunOptions) -> int:
     return logging.INFO if opts.verbose >= 1 else logging.WARNING
 
@@ -497,7 +526,8 @@ def _client(opts: RunOptions, scratch: Path | None, security):
     """A Dask client: attached to ``--scheduler`` or a fresh local cluster of processes.
 
     The local cluster listens on 127.0.0.1 only (scheduler, workers and the dashboard, which
-    ``--no-dashboard`` turns off), keeps its scratch space in this run's folder, and its worker
+    ``--no-dashboard`` turns off), wakes up less often for Dask's own bookkeeping
+    (:data:`LEAN_DASK`), keeps its scratch space in this run's folder, and its worker
     processes ignore SIGINT: Ctrl-C reaches the client, which then shuts the cluster down
     cleanly instead of leaving killed workers (and leaked semaphores) behind.
     """
@@ -516,7 +546,7 @@ def _client(opts: RunOptions, scratch: Path | None, security):
     # --no-dashboard: the scheduler's HTTP server (it always has one) serves no pages at all
     routes = {} if opts.dashboard else {"distributed.scheduler.http.routes": []}
     try:
-        with dask.config.set(routes):
+        with dask.config.set({**routes, **lean_dask_config()}):
             cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                    dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": opts.dashboard},
                                    resources=resources, local_directory=str(scratch) if scratch else None,

@@ -99,3 +99,62 @@ def test_overlap_benchmark_subset_and_cascade_bound(tmp_path, tiny_models):
     # tiny_models: OU-J, OU-JYH (66 px, cheap) and OU-VIS (200 px, the expensive one without a cascade.json)
     rate = bench.cascade_bound(tiny_models, {"OU-J": 100.0, "OU-JYH": 50.0, "OU-VIS": 10.0}, 0.77, 0.1)
     assert rate == pytest.approx(1 / (1 / 100 + 1 / 50 + 0.1 / 10))
+
+
+def test_overlap_bound_scores_the_stores_own_cutouts(tmp_path, tiny_models):
+    """The --overlap bound runs the networks on the store's first cutouts, preprocessed as a run does: the
+    bound's scores are the engine's scores of those cutouts, so it times the pixels the run scores."""
+    from lensengine.engine.scoring import score_store
+    from lensengine.catalogs.catalog import score_column
+
+    bench = _bench_engine()
+    make_store(tmp_path / "s.zarr", n_per_tile=24, chunk_size=16, bad=False)  # tiles T0, T1
+    bands = bench.first_cutouts(tmp_path / "s.zarr", 30)
+    assert all(len(a) == 30 for a in bands.values())
+    t1 = SurveyStore.open(tmp_path / "s.zarr").read("T1", 0, 6).bands()
+    assert all(np.array_equal(bands[b][24:], t1[b]) for b in bands)
+    bound = bench.model_only(tiny_models, 30, store=tmp_path / "s.zarr")
+    models = discover_models(tiny_models)
+    rows = list(score_store(tmp_path / "s.zarr", models, None, device="cpu", threads=1))
+    for m in models:
+        engine = np.concatenate([r[score_column(m.name)] for r in rows])[:30]
+        assert np.allclose(bound["outputs"][m.name].reshape(-1), engine, atol=1e-6), m.name
+    random = bench.model_only(tiny_models, 30)  # without a store: random bands, other scores
+    assert not np.allclose(random["outputs"][models[0].name].reshape(-1), bound["outputs"][models[0].name].reshape(-1))
+
+
+def test_local_cluster_wakes_up_less_and_keeps_the_users_dask_settings(tmp_path, monkeypatch):
+    """The local cluster's workers run without Dask's statistical profiler and with sparse monitors (LEAN_DASK),
+    except where the user set a value; the client process's own Dask config is left as it was."""
+    import dask
+
+    from lensengine.engine.run import LEAN_DASK, RunOptions, _client, _close, lean_dask_config
+
+    assert lean_dask_config() == {k: lean for k, (_, lean) in LEAN_DASK.items()}
+    with dask.config.set({"distributed.admin.system-monitor.interval": "3s"}):  # a config file's value: kept
+        assert "distributed.admin.system-monitor.interval" not in lean_dask_config()
+    # a DASK_* variable is kept, even one that asks for Dask's default
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")
+    assert "distributed.worker.profile.enabled" not in lean_dask_config()
+    monkeypatch.delenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED")
+    opts = RunOptions(store=tmp_path, out=tmp_path / "c.fits", scores=tmp_path / "s.parquet", models=[],
+                      workers=1, dashboard=False)
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}):  # the user's value reaches the workers
+        client, cluster = _client(opts, tmp_path, None)
+    try:
+        (every,) = client.run(lambda dask_worker: {k: v.callback_time for k, v in
+                                                   dask_worker.periodic_callbacks.items()}).values()
+        assert "profile" not in every and every["memory_monitor"] == 1000 and every["monitor"] == 2000
+        assert every["tick"] == 50
+        assert cluster.scheduler.periodic_callbacks["monitor"].callback_time == 2000
+    finally:
+        _close(client, cluster)
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # this process: Dask's default again
+
+
+def test_cpu_split_of_a_run_is_hand_computed():
+    """--overlap's CPU split: the busiest thread per core are the networks, the rest is everything else."""
+    run = {"busiest_threads_cpu_s": [50.0, 40.0, 5.0, 1.0], "cpu_s": 100.0, "wall_s": 60.0, "cutouts": 1000}
+    split = _bench_engine().cpu_split(run, cores=2)
+    assert split == pytest.approx({"network_share": 90 / 120, "network_ms": 90.0, "rest_ms": 10.0,
+                                   "idle_share": 20 / 120})
