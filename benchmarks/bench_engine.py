@@ -165,18 +165,21 @@ def run_options(code: Path | None) -> str:
     return _OPTIONS[code]
 
 
-def first_cutouts(store: Path, n: int) -> dict[str, np.ndarray]:
-    """The bands of the first ``n`` cutouts of ``store`` (across its tiles), in memory."""
-    src = SurveyStore.open(store)
-    pieces = []
+def first_pieces(src: SurveyStore, n: int):
+    """``(tile, batch)`` pieces, one per chunk, holding the first ``n`` cutouts of ``src`` (its first tiles);
+    fewer when the store holds fewer."""
     for tile in src.tiles:
         for start, stop in src.chunk_slices(tile):
             if n <= 0:
-                break
+                return
             stop = min(stop, start + n)
-            pieces.append(src.read(tile, start, stop))
+            yield tile, src.read(tile, start, stop)
             n -= stop - start
-    batch = CutoutBatch.concatenate(pieces)
+
+
+def first_cutouts(store: Path, n: int) -> dict[str, np.ndarray]:
+    """The bands of the first ``n`` cutouts of ``store`` (across its tiles), in memory."""
+    batch = CutoutBatch.concatenate([piece for _, piece in first_pieces(SurveyStore.open(store), n)])
     return {b: a for b, a in batch.bands().items() if a is not None}
 
 
@@ -276,15 +279,11 @@ def subset_store(source: Path, dest: Path, n: int, chunk_size: int | None = None
     out = SurveyStore.create(dest, survey=str(src.attrs.get("survey", "subset")), bands=src.bands,
                              chunk_size=chunk_size or src.chunk_size, truth_columns=src.truth_columns,
                              overwrite=True)
-    left = n
-    for tile in src.tiles:
-        for start, stop in src.chunk_slices(tile):
-            if left <= 0:
-                return dest
-            stop = min(stop, start + left)
-            out.append(tile, src.read(tile, start, stop))
-            left -= stop - start
-    if left > 0:
+    copied = 0
+    for tile, piece in first_pieces(src, n):
+        out.append(tile, piece)
+        copied += len(piece)
+    if copied < n:
         raise ValueError(f"store {source} holds fewer than {n} cutouts")
     return dest
 
@@ -370,6 +369,8 @@ def overlap(args, tmp: Path) -> dict:
                 continue
             rate = float(np.mean([r["rate"] for r in results]))
             entry[key] = {"rate": rate, "rates": [r["rate"] for r in results], "runs": results}
+            if key in ("w1", "w2"):
+                entry[key]["cpu_split"] = cpu_split(results[0])
         pass_fraction = float(np.mean([r["pass_fraction"] for r in runs["cascade_w1"]]))
         entry["cascade_bound"] = cascade_bound(args.models, per_model, args.threshold, pass_fraction)
         entry["cascade_pass_fraction"] = pass_fraction
@@ -396,8 +397,7 @@ def overlap(args, tmp: Path) -> dict:
         print(f"{Path(store).name}: model-only bound, one lane {e['bound_one_lane']:.1f}, two lanes "
               f"{e['bound_two_lanes']:.1f} cutouts/s")
         for key in ("w1", "w2"):
-            split = cpu_split(e[key]["runs"][0])
-            e[key]["cpu_split"] = split
+            split = e[key]["cpu_split"]
             print(f"  {key}: the network threads held {split['network_share']:.3f} of the cores' time over the "
                   f"whole command ({split['network_ms']:.1f} ms of CPU per cutout), everything else "
                   f"{split['rest_ms']:.1f} ms per cutout, idle {split['idle_share']:.3f}")
