@@ -185,7 +185,8 @@ def first_cutouts(store: Path, n: int) -> dict[str, np.ndarray]:
 
 def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int = 2, lanes: int = 1,
                store: Path | None = None) -> dict:
-    """Seven models on preprocessed in-memory arrays (batch 32), no I/O, no preprocessing.
+    """Seven models on preprocessed in-memory arrays (sub-batches of 32, in the engine's calls), no I/O, no
+    preprocessing.
 
     ``lanes`` 1: one model at a time on ``threads`` threads (``per_model`` rates); more: the run's lanes (the
     engine's own launcher, networks side by side on ``threads // lanes`` threads each; no per-model rates).
@@ -193,7 +194,7 @@ def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int =
     it, random gamma-distributed bands.
     """
     from lensengine.engine.preprocess import PreparedBatch
-    from lensengine.engine.scoring import _launch, make_runner
+    from lensengine.engine.scoring import _launch, call_size, make_runner
 
     entries = discover_models(models_dir)
     n = min(n, 512)
@@ -227,7 +228,8 @@ def model_only(models_dir: Path, n: int, precision: str = "fp32", threads: int =
     for e in entries:
         run, x = runners[e.name], prepared.inputs[e.name]
         t0, c0 = time.perf_counter(), time.process_time()
-        outputs[e.name] = np.concatenate([run(x[i:i + 32]) for i in range(0, n, 32)])
+        step = call_size(x.shape, 32)  # the engine's calls: sub-batches of 32, the 200-px networks' split in two
+        outputs[e.name] = np.concatenate([run(x[i:i + step]) for i in range(0, n, step)])
         dt = time.perf_counter() - t0
         cpu += time.process_time() - c0
         per_model[e.name] = n / dt

@@ -58,7 +58,9 @@ INTERRUPTED = "interrupted — resume with --resume"
 @device_option(extra=("tensorrt",), extra_help="run also takes tensorrt (CUDA with TensorRT kernels); auto "
                                                  "uses CUDA (and TensorRT) when a GPU is present.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
-              help="Cutouts per model call inside a task.")
+              help="Cutouts preprocessed and scored together inside a task (a sub-batch). On a GPU each network "
+                   "takes the whole sub-batch in one call; on the CPU the 200-px networks take it 16 cutouts at a "
+                   "time (less memory, as fast or faster). Scores do not depend on it.")
 @click.option("--task-size", type=click.IntRange(0), default=0, show_default=True,
               help="Cutouts per Dask task (0: one store chunk; a store of under 16 chunks is split into about 16 "
                    "tasks so progress moves). At least a chunk: whole chunks per task (fewer, larger tasks for "

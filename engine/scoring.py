@@ -166,6 +166,13 @@ def _ensemble(path: str | None):
 READ_PIECE = 128
 #: Prepared sub-batches that may wait for the networks: one in work, one or two ready.
 PREFETCH_DEPTH = 2
+#: The most stamp pixels (cutouts x height x width of a network's input) in one network call on the CPU: 16
+#: cutouts of the 200-px networks, the whole sub-batch of the 66-px ones (up to 146).  Their activations grow
+#: with the call: on one thread OU-200 in calls of 32 held 1.32 GB and scored 39 img/s, in calls of 16 0.66 GB
+#: and 46 img/s (OU-VIS 1.20 / 0.53 GB, 49 / 55 img/s); the 66-px networks run at the same speed from 16 to 64
+#: (docs/performance.md, "Stop 31").  A cutout's score does not depend on its call.  Not on a GPU, which wants
+#: large calls.
+CPU_CALL_PIXELS = 16 * 200 * 200
 _DONE = object()
 
 
@@ -283,7 +290,7 @@ def split_lanes(lanes: int, threads: int, models, precision: str = "fp32", devic
     if lanes == 0:
         kinds = [RUNNERS.get(runner_for(precision, m.name)) for m in models]
         builtin = all(kind is not None and not kind.torch_weights for kind in kinds)
-        on_cpu = device == "cpu" or (device == "auto" and not _gpu_here())
+        on_cpu = not _on_gpu(device)
         lanes = 2 if (threads >= 2 and len(models) >= 2 and builtin and on_cpu) else 1
     if lanes == 1:
         return 1, threads
@@ -297,29 +304,51 @@ def _gpu_here() -> bool:
     return choose_providers("auto")[0] != "CPUExecutionProvider"
 
 
-def _launch(models, runners: dict[str, Runner], prep, lanes: int) -> list[tuple[ModelEntry, Future]]:
+def _on_gpu(device: str) -> bool:
+    """Whether the networks of ``device`` run on a GPU in this process."""
+    return device in ("cuda", "tensorrt") or (device == "auto" and _gpu_here())
+
+
+def call_size(shape: tuple[int, ...], n: int, lanes: int = 1, call_pixels: int = CPU_CALL_PIXELS) -> int:
+    """Cutouts per network call for a sub-batch of ``n`` inputs of ``shape`` (``(n, bands, height, width)``).
+
+    With ``lanes`` > 1, 1/``lanes`` of the sub-batch (the lanes' calls together hold about what one call of the
+    whole sub-batch would); then at most ``call_pixels`` stamp pixels a call (:data:`CPU_CALL_PIXELS`; 0: no
+    cap).  At least one cutout.
+    """
+    size = -(-n // max(1, lanes))
+    if call_pixels:
+        size = min(size, call_pixels // max(1, int(np.prod(shape[2:]))))
+    return max(1, size)
+
+
+def _launch(models, runners: dict[str, Runner], prep, lanes: int,
+            call_pixels: int = CPU_CALL_PIXELS) -> list[tuple[ModelEntry, Future]]:
     """Start each model on its input: in the calling thread, one after the other, when ``lanes`` is 1; else on
     the lane pool, largest input first (the 200-px networks start first, the 66-px ones fill the gaps), in calls
-    of 1/``lanes`` of the sub-batch (the same speed on one thread each; the memory of one full call)."""
+    of 1/``lanes`` of the sub-batch (the same speed on one thread each; the memory of one full call).  Calls hold
+    at most ``call_pixels`` stamp pixels (:func:`call_size`)."""
     jobs = []
+    n = len(prep.flags)
     if lanes <= 1:
         for m in models:
             job: Future = Future()
-            job.set_result(_run_model(m, runners[m.name], prep.inputs[m.name], prep.usable[m.name]))
+            x = prep.inputs[m.name]
+            job.set_result(_run_model(m, runners[m.name], x, prep.usable[m.name], call_size(x.shape, n, 1, call_pixels)))
             jobs.append((m, job))
         return jobs
     pool = _lane_pool(lanes)
-    # the lanes' calls together hold about what one call of the whole sub-batch would (activations scale with it)
-    call_size = -(-len(prep.flags) // lanes)
     for m in sorted(models, key=lambda m: -int(np.prod(prep.inputs[m.name].shape[1:]))):
-        jobs.append((m, pool.submit(_run_model, m, runners[m.name], prep.inputs[m.name], prep.usable[m.name],
-                                    call_size)))
+        x = prep.inputs[m.name]
+        jobs.append((m, pool.submit(_run_model, m, runners[m.name], x, prep.usable[m.name],
+                                    call_size(x.shape, n, lanes, call_pixels))))
     return jobs
 
 
 def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runners: dict[str, Runner],
                        cascade: Cascade | None = None, preprocessor: Preprocessor | None = None,
-                       prefetch: bool = True, lanes: int = 1) -> dict[str, np.ndarray]:
+                       prefetch: bool = True, lanes: int = 1,
+                       call_pixels: int = CPU_CALL_PIXELS) -> dict[str, np.ndarray]:
     """The core of :func:`score_batch` and :func:`score_chunk`: score ``n`` cutouts given as sub-batches.
 
     ``sub_batches`` yields ``(lo, hi, bands, store_flags)`` covering rows
@@ -337,7 +366,8 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
     the previous sub-batch's results are collected, so a lane that finishes
     early starts on the next sub-batch.  The scores are the same as with one
     lane (each cutout's score does not depend on what shares its call), and
-    results are written in the calling thread.
+    results are written in the calling thread.  ``call_pixels`` caps each
+    network call (:func:`call_size`; 0 on a GPU).
     """
     first, second = _stages(models, cascade)
     column = {m.name: j for j, m in enumerate(models)}
@@ -372,13 +402,13 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
         prep2 = preprocessor_for(second)({b: (None if a is None else a[rows]) for b, a in bands.items()}, rows.size)
         at = lo + rows
         flags[at] |= prep2.flags
-        collect(_launch(second, runners, prep2, lanes), at)
+        collect(_launch(second, runners, prep2, lanes, call_pixels), at)
 
     stream = prepared(sub_batches)
     launched: list[tuple] = []  # (sub-batch, its networks' jobs) started and not yet collected, oldest first
     try:
         for item in (_in_background(stream) if prefetch else stream):
-            launched.append((item, _launch(first, runners, item[4], lanes)))
+            launched.append((item, _launch(first, runners, item[4], lanes, call_pixels)))
             if len(launched) > 1:
                 finish(*launched[0])
                 launched.pop(0)
@@ -419,7 +449,7 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
 
 def score_batch(batch, models, ensemble, *, runners: dict[str, Runner], preprocessor: Preprocessor | None = None,
                 batch_size: int, cascade: Cascade | None = None, prefetch: bool = True,
-                lanes: int = 1) -> dict[str, np.ndarray]:
+                lanes: int = 1, call_pixels: int = CPU_CALL_PIXELS) -> dict[str, np.ndarray]:
     """Score one in-memory batch of cutouts with every model and the ensemble.
 
     ``batch`` is a :class:`~lensengine.catalogs.store.CutoutBatch`, ``models``
@@ -432,13 +462,15 @@ def score_batch(batch, models, ensemble, *, runners: dict[str, Runner], preproce
     order, the next sub-batch preprocessed while the networks run (``prefetch``).
     ``cascade`` (:class:`~lensengine.engine.cascade.Cascade`) runs its
     expensive models only past its gate.  ``lanes`` > 1 runs the networks side
-    by side on that many threads (the same scores).
+    by side on that many threads (the same scores); ``call_pixels`` caps each
+    network call (:func:`call_size`; 0: calls of the whole sub-batch, as on a GPU).
 
     Returns ``{P_<MODEL>: ..., P_ENSEMBLE: ..., <ensemble columns>, FLAGS: ...}``
     (no ensemble entries when ``ensemble`` is None), one value per cutout.
     """
     return _score_sub_batches(_sub_batches(batch, 0, batch_size), len(batch), models, ensemble, runners=runners,
-                              cascade=cascade, preprocessor=preprocessor, prefetch=prefetch, lanes=lanes)
+                              cascade=cascade, preprocessor=preprocessor, prefetch=prefetch, lanes=lanes,
+                              call_pixels=call_pixels)
 
 
 def _index_rows(store, task: ChunkTask) -> dict[str, np.ndarray]:
@@ -494,7 +526,8 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     try:
         runners = {m.name: make_runner(m, task.precision, task.device, task.threads) for m in task.models}
         scored = _score_sub_batches(_store_sub_batches(store, task, read), n, task.models, _ensemble(task.ensemble),
-                                    runners=runners, cascade=task.cascade, lanes=task.lanes)
+                                    runners=runners, cascade=task.cascade, lanes=task.lanes,
+                                    call_pixels=0 if _on_gpu(task.device) else CPU_CALL_PIXELS)
     except ChunkReadError as exc:
         log.warning("unreadable chunk: %s", exc)
         rows.update(_index_rows(store, task), FLAGS=np.full(n, np.uint32(Flag.UNREADABLE), np.uint32),

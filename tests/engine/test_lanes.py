@@ -86,6 +86,58 @@ def test_lanes_run_in_their_threads_largest_input_first_in_split_calls(batch, ti
     assert "OU-VIS" in first_call.values()
 
 
+def test_call_size_by_hand():
+    from lensengine.engine.scoring import CPU_CALL_PIXELS, call_size
+
+    assert CPU_CALL_PIXELS == 16 * 200 * 200
+    assert call_size((32, 4, 200, 200), 32) == 16           # the 200-px networks: calls of 16
+    assert call_size((32, 1, 200, 200), 32) == 16
+    assert call_size((32, 4, 66, 66), 32) == 32             # the 66-px ones: the whole sub-batch ...
+    assert call_size((500, 1, 66, 66), 500) == 146          # ... up to 640 000 // 4 356 cutouts
+    assert call_size((32, 4, 66, 66), 32, lanes=2) == 16    # lanes split the sub-batch first
+    assert call_size((33, 4, 66, 66), 33, lanes=2) == 17
+    assert call_size((32, 4, 200, 200), 32, lanes=2) == 16
+    assert call_size((10, 4, 200, 200), 10) == 10           # a short sub-batch in one call
+    assert call_size((32, 4, 200, 200), 32, call_pixels=0) == 32  # no cap (a GPU)
+    assert call_size((4, 1, 1000, 1000), 4) == 1            # at least one cutout a call
+
+
+def _recorded(models, calls):
+    real = _runners(models)
+
+    def recording(name):
+        def run(x):
+            calls.append((name, len(x)))
+            return real[name](x)
+        return run
+
+    return {m.name: recording(m.name) for m in models}
+
+
+def test_200px_calls_are_capped_on_the_cpu_with_the_same_scores(batch, tiny_models, monkeypatch):
+    """CPU calls hold at most CPU_CALL_PIXELS stamp pixels (the 200-px networks' memory, docs/performance.md);
+    every cutout scores exactly as in whole-sub-batch calls, and a run on a GPU keeps whole calls."""
+    from lensengine.engine import scoring
+
+    models = discover_models(tiny_models)
+    calls: list[tuple[str, int]] = []
+    capped = score_batch(batch, models, MeanEnsemble(), runners=_recorded(models, calls), batch_size=32)
+    def sizes(name):
+        return [n for model, n in calls if model == name]
+
+    # 40 cutouts in sub-batches of 32 and 8 (rows 1-3 are bad for some networks, so a call may be short)
+    assert len(sizes("OU-J")) == 2 and max(sizes("OU-J")) > 16          # 66 px: one call per sub-batch
+    assert len(sizes("OU-VIS")) == 3 and max(sizes("OU-VIS")) == 16     # 200 px: the 32 in two calls
+    calls.clear()
+    whole = score_batch(batch, models, MeanEnsemble(), runners=_recorded(models, calls), batch_size=32, call_pixels=0)
+    assert len(sizes("OU-VIS")) == 2 and max(sizes("OU-VIS")) > 16
+    _assert_same(capped, whole)
+    # score_chunk (run, evaluate) caps on the CPU, not where the networks run on a GPU
+    assert scoring._on_gpu("cpu") is False and scoring._on_gpu("cuda") and scoring._on_gpu("tensorrt")
+    monkeypatch.setattr(scoring, "_gpu_here", lambda: True)
+    assert scoring._on_gpu("auto") and not scoring._on_gpu("cpu")
+
+
 def test_a_failure_in_a_lane_is_raised(batch, tiny_models):
     models = discover_models(tiny_models)
     runners = _runners(models)
@@ -147,7 +199,7 @@ def test_in_process_scoring_takes_lanes_by_the_same_rule(monkeypatch, tmp_path, 
 
     seen: list[int] = []
     launch = scoring._launch
-    monkeypatch.setattr(scoring, "_launch", lambda *args: seen.append(args[-1]) or launch(*args))
+    monkeypatch.setattr(scoring, "_launch", lambda *args: seen.append(args[3]) or launch(*args))
     make_store(tmp_path / "s.zarr", tiles=("T0",), n_per_tile=16, chunk_size=16)
     models = discover_models(tiny_models)
     for threads, lanes in ((2, 2), (1, 1)):

@@ -158,3 +158,31 @@ def test_cpu_split_of_a_run_is_hand_computed():
     split = _bench_engine().cpu_split(run, cores=2)
     assert split == pytest.approx({"network_share": 90 / 120, "network_ms": 90.0, "rest_ms": 10.0,
                                    "idle_share": 20 / 120})
+
+
+def test_ab_benchmark_compares_score_tables_bit_for_bit(tmp_path, monkeypatch):
+    """bench_ab.py's check that two versions scored alike: row order does not matter, any P or flag does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    spec = importlib.util.spec_from_file_location("_bench_ab", benchmarks / "bench_ab.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def table(folder: Path, rows: list[tuple[str, int, float, int]]) -> Path:
+        for tile in sorted({r[0] for r in rows}):
+            part = [r for r in rows if r[0] == tile]
+            (folder / f"tile={tile}").mkdir(parents=True)
+            pq.write_table(pa.table({"TILE": [r[0] for r in part], "ROW": [r[1] for r in part],
+                                     "P_OU_J": np.array([r[2] for r in part], np.float32),
+                                     "FLAGS": np.array([r[3] for r in part], np.uint32),
+                                     "ERROR": ["" for _ in part]}), folder / f"tile={tile}" / "part-0.parquet")
+        return folder
+
+    rows = [("T0", 0, 0.25, 0), ("T0", 1, float("nan"), 8), ("T1", 0, 0.5, 0), ("T1", 1, 0.75, 0)]
+    a = table(tmp_path / "a", rows)
+    assert bench.same_scores(a, table(tmp_path / "b", rows[::-1]))           # another order, NaN equal to NaN
+    assert not bench.same_scores(a, table(tmp_path / "c", [*rows[:3], ("T1", 1, 0.7500001, 0)]))
+    assert not bench.same_scores(a, table(tmp_path / "d", [*rows[:2], ("T1", 0, 0.5, 1), rows[3]]))
