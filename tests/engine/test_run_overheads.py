@@ -165,11 +165,10 @@ def test_ab_benchmark_compares_score_tables_bit_for_bit(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))
-    spec = importlib.util.spec_from_file_location("_bench_ab", benchmarks / "bench_ab.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from tests.conftest import BENCHMARKS, load_script
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_ab imports bench_engine
+    bench = load_script(BENCHMARKS / "bench_ab.py", "_bench_ab")
 
     def table(folder: Path, rows: list[tuple[str, int, float, int]]) -> Path:
         for tile in sorted({r[0] for r in rows}):
