@@ -36,8 +36,9 @@ TRUTH = (("TRUTH_N_NEIGHBOURS", "neighbours"), ("TRUTH_MAG_LENS_VIS", "VIS mag")
          ("TRUTH_DEPTH_OFFSET", "depth offset"))
 
 
-def load(score_tables: list[Path]) -> dict[str, np.ndarray]:
-    """The negatives (``TRUTH_LABEL`` 0) of score tables with a finite ensemble score, with the table index."""
+def load(score_tables: list[Path], column: str = "P_ENSEMBLE") -> dict[str, np.ndarray]:
+    """The negatives (``TRUTH_LABEL`` 0) of score tables (``lensengine run``'s, or ``sky_check.py score``'s files)
+    with a finite ``column``, with the table index."""
     import pyarrow.dataset as ds
 
     parts = []
@@ -48,7 +49,7 @@ def load(score_tables: list[Path]) -> dict[str, np.ndarray]:
         parts.append(cols)
     names = set.intersection(*(set(p) for p in parts))
     rows = {name: np.concatenate([p[name] for p in parts]) for name in names}
-    keep = (rows["TRUTH_LABEL"] == 0) & np.isfinite(rows["P_ENSEMBLE"].astype(np.float64))
+    keep = (rows["TRUTH_LABEL"] == 0) & np.isfinite(rows[column].astype(np.float64))
     return {name: values[keep] for name, values in rows.items()}
 
 
@@ -78,7 +79,8 @@ def top(rows: dict[str, np.ndarray], score: np.ndarray, n: int) -> list[dict]:
     networks = [score_column(name) for name in MODEL_NAMES if score_column(name) in rows]
     out = []
     for rank, i in enumerate(order, 1):
-        entry = {"rank": rank, "table": int(rows["TABLE"][i]), "tile": str(rows["TILE"][i]), "row": int(rows["ROW"][i]),
+        tile = str(rows["TILE"][i]) if "TILE" in rows else ""
+        entry = {"rank": rank, "table": int(rows["TABLE"][i]), "tile": tile, "row": int(rows["ROW"][i]),
                  "kind": str(rows["TRUTH_KIND"][i]), "score": float(score[i])}
         entry.update({header: _plain(rows[column][i]) for column, header in TRUTH if column in rows})
         entry["networks"] = {c[2:]: float(rows[c][i]) for c in networks}
@@ -106,7 +108,8 @@ def montage(entries: list[dict], stores: list[Path], path: Path) -> None:
     for ax in axes.ravel():
         ax.axis("off")
     for j, e in enumerate(entries):
-        batch = opened[e["table"]].read(e["tile"], e["row"], e["row"] + 1)
+        store = opened[e["table"]]
+        batch = store.read(e["tile"] or store.tiles[0], e["row"], e["row"] + 1)  # sky_check files name no tile
         bands = batch.bands()
         r, c = divmod(j, cols)
         if bands.get("VIS") is not None:
@@ -162,7 +165,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.store and len(args.store) != len(args.scores):
         ap.error("give one --store per --scores, in the same order")
-    rows = load(args.scores)
+    rows = load(args.scores, args.column)
     score = rows[args.column].astype(np.float64)
     kinds = by_kind(score, rows["TRUTH_KIND"].astype(str))
     entries = top(rows, score, args.top)
