@@ -334,7 +334,8 @@ def _launch(models, runners: dict[str, Runner], prep, lanes: int,
         for m in models:
             job: Future = Future()
             x = prep.inputs[m.name]
-            job.set_result(_run_model(m, runners[m.name], x, prep.usable[m.name], call_size(x.shape, n, 1, call_pixels)))
+            job.set_result(_run_model(m, runners[m.name], x, prep.usable[m.name],
+                                      call_size(x.shape, n, 1, call_pixels)))
             jobs.append((m, job))
         return jobs
     pool = _lane_pool(lanes)

@@ -39,7 +39,8 @@ def test_only_scored_negatives_are_ranked_and_the_top_is_in_order(tmp_path):
     tn = _top_negatives()
     folder = tmp_path / "scores" / "tile=T0"
     folder.mkdir(parents=True)
-    pq.write_table(pa.table({"TILE": ["T0"] * 5, "ROW": [0, 1, 2, 3, 4], "TRUTH_LABEL": np.array([0, 1, 0, 0, 0], np.int8),
+    pq.write_table(pa.table({"TILE": ["T0"] * 5, "ROW": [0, 1, 2, 3, 4],
+                             "TRUTH_LABEL": np.array([0, 1, 0, 0, 0], np.int8),
                              "TRUTH_KIND": ["a", "lens", "b", "c", "a"],
                              "P_ENSEMBLE": np.array([0.2, 0.99, np.nan, 0.7, 0.5], np.float32),
                              "P_OU_J": np.array([0.1, 0.9, 0.3, 0.8, 0.4], np.float32)}), folder / "part-0.parquet")
