@@ -67,7 +67,7 @@ def by_kind(score: np.ndarray, kind: np.ndarray, fprs: dict[str, float] = FPRS) 
         entry = {"n": int(count), "share": count / score.size}
         for key in fprs:
             fp = int((above[key] & mine).sum())
-            total = int(above[key].sum())
+            total = out["thresholds"][key]["false_positives"]
             entry[key] = {"false_positives": fp, "own_fpr": fp / count,
                           "enrichment": (fp / total) / (count / score.size) if total else float("nan")}
         out["kinds"][str(name)] = entry

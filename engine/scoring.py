@@ -328,21 +328,20 @@ def _launch(models, runners: dict[str, Runner], prep, lanes: int,
     the lane pool, largest input first (the 200-px networks start first, the 66-px ones fill the gaps), in calls
     of 1/``lanes`` of the sub-batch (the same speed on one thread each; the memory of one full call).  Calls hold
     at most ``call_pixels`` stamp pixels (:func:`call_size`)."""
+    def args(m: ModelEntry) -> tuple:
+        x = prep.inputs[m.name]
+        return m, runners[m.name], x, prep.usable[m.name], call_size(x.shape, len(prep.flags), lanes, call_pixels)
+
     jobs = []
-    n = len(prep.flags)
     if lanes <= 1:
         for m in models:
             job: Future = Future()
-            x = prep.inputs[m.name]
-            job.set_result(_run_model(m, runners[m.name], x, prep.usable[m.name],
-                                      call_size(x.shape, n, 1, call_pixels)))
+            job.set_result(_run_model(*args(m)))
             jobs.append((m, job))
         return jobs
     pool = _lane_pool(lanes)
     for m in sorted(models, key=lambda m: -int(np.prod(prep.inputs[m.name].shape[1:]))):
-        x = prep.inputs[m.name]
-        jobs.append((m, pool.submit(_run_model, m, runners[m.name], x, prep.usable[m.name],
-                                    call_size(x.shape, n, lanes, call_pixels))))
+        jobs.append((m, pool.submit(_run_model, *args(m))))
     return jobs
 
 
