@@ -1,6 +1,6 @@
 """The ``store`` and ``catalog`` command groups (added by the built-in plugin ``lensengine.plugins.catalog_commands``).
 
-``lensengine store info|validate|from-fits`` and ``lensengine catalog
+``lensengine store info|validate|from-fits|concat|top`` and ``lensengine catalog
 info|crossmatch``.  Heavy modules are imported inside the commands so that
 ``lensengine --help`` stays fast.  Exit codes: 0 success (store valid), 1
 problems found / job failed, 2 bad usage or bad input.
@@ -243,6 +243,93 @@ def from_fits_cmd(ctx, inputs, out, layout, catalog, bands, scales, ra, dec, ra_
     flags = ", ".join(f"{k} {v}" for k, v in result.flag_counts.items()) or "none"
     click.echo(f"wrote {result.n_cutouts} cutouts ({result.layout} layout) to {result.store} tile {result.tile}; "
                f"flags: {flags}")
+
+
+@store_group.command("concat")
+@click.argument("sources", nargs=-1, required=True, metavar="STORE[:N]...")
+@click.option("--out", "out", required=True, type=STORE, help="New store to write, e.g. train.zarr.")
+@click.option("--tile", default="cutouts", show_default=True, help="Name of the output's one tile.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@_json_option()
+@click.pass_context
+def store_concat_cmd(ctx, sources, out, tile, overwrite, as_json) -> None:
+    """Join stores into one: each whole, or its first N cutouts (STORE:N), in the order given.
+
+    The stores must hold the same bands and truth columns; the output takes the first one's chunk
+    size and codec, and records its sources in its provenance.  Used to build a training store from
+    several simulations (and from mined hard negatives, see `lensengine store top`).
+
+    \b
+    Example:
+      lensengine store concat --out train.zarr mix.zarr:6000 negatives.zarr:1000 hard.zarr
+    """
+    from lensengine.catalogs.subset import concat_stores, parse_part
+
+    quiet = bool((ctx.find_root().obj or {}).get("quiet"))
+    parts = [parse_part(text) for text in sources]
+    try:
+        n = concat_stores(out, parts, tile=tile, overwrite=overwrite,
+                          command=" ".join(shlex.quote(a) for a in sys.argv),
+                          progress=None if quiet or as_json else _progress_echo("joined"))
+    except (ValueError, FileExistsError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"store": str(out), "tile": tile, "n_cutouts": n}, indent=2))
+        return
+    click.echo(f"wrote {n} cutouts from {len(parts)} store(s) to {out} tile {tile}")
+
+
+@store_group.command("top")
+@_store_input
+@click.option("--scores", "scores", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The store's score table (`lensengine run --scores`, Parquet).")
+@click.option("--by", "column", required=True, metavar="COLUMN",
+              help="Score column that ranks the cutouts, e.g. P_OU_VIS or P_ENSEMBLE.")
+@click.option("-n", "--top", "n", required=True, type=click.IntRange(1), help="How many cutouts to keep.")
+@click.option("--out", "out", required=True, type=STORE, help="New store to write, e.g. hard.zarr.")
+@click.option("--tile", default="cutouts", show_default=True, help="Name of the output's one tile.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@_json_option()
+def store_top_cmd(store, tiles, scores, column, n, out, tile, overwrite, as_json) -> None:
+    """Keep the N cutouts of a store that a score column ranks highest (hard-negative mining).
+
+    Scored on a pool of non-lenses, these are a network's hardest negatives: join them to a
+    training store with `lensengine store concat`.  Rows are matched to the store by TILE and ROW
+    (and checked by OBJECT_ID when the table has it); unscored rows (flagged cutouts) are never
+    kept; ties go to the earlier row.  The output keeps store order and records the column and the
+    lowest score kept in its provenance.
+
+    \b
+    Example:
+      lensengine run --tiles pool.zarr --model OU-VIS --out pool.fits
+      lensengine store top pool.zarr --scores pool_scores.parquet --by P_OU_VIS -n 1000 --out hard.zarr
+    """
+    from lensengine.catalogs.subset import top_cutouts
+
+    source = _pick_store(store, tiles)
+    try:
+        result = top_cutouts(source, scores, column, n, out, tile=tile, overwrite=overwrite,
+                             command=" ".join(shlex.quote(a) for a in sys.argv))
+    except (ValueError, FileExistsError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"store": str(out), "tile": tile, **result}, indent=2))
+        return
+    short = f" (only {result['n_scored']} scored)" if result["n_written"] < n else ""
+    lowest = "" if result["threshold"] is None else f", {column} down to {result['threshold']:.4g}"
+    click.echo(f"wrote the top {result['n_written']} of {source} by {column}{short} to {out} tile {tile}{lowest}")
+
+
+def _progress_echo(verb: str):
+    """A progress callback printing every 10 000 cutouts on stderr (long joins stay visibly alive)."""
+    state = {"next": 10_000}
+
+    def report(n: int) -> None:
+        if n >= state["next"]:
+            click.echo(f"{verb} {n} cutouts ...", err=True)
+            state["next"] = (n // 10_000 + 1) * 10_000
+
+    return report
 
 
 @click.group("catalog")
