@@ -263,6 +263,7 @@ def store_concat_cmd(ctx, sources, out, tile, overwrite, as_json) -> None:
     Example:
       lensengine store concat --out train.zarr mix.zarr:6000 negatives.zarr:1000 hard.zarr
     """
+    from lensengine.catalogs.store import ChunkReadError
     from lensengine.catalogs.subset import concat_stores, parse_part
 
     quiet = bool((ctx.find_root().obj or {}).get("quiet"))
@@ -271,6 +272,8 @@ def store_concat_cmd(ctx, sources, out, tile, overwrite, as_json) -> None:
         n = concat_stores(out, parts, tile=tile, overwrite=overwrite,
                           command=" ".join(shlex.quote(a) for a in sys.argv),
                           progress=None if quiet or as_json else _progress_echo("joined"))
+    except ChunkReadError as exc:
+        raise click.ClickException(f"{_unreadable(exc)}; nothing was written to {out}") from None
     except (ValueError, FileExistsError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
@@ -304,12 +307,15 @@ def store_top_cmd(store, tiles, scores, column, n, out, tile, overwrite, as_json
       lensengine run --tiles pool.zarr --model OU-VIS --out pool.fits
       lensengine store top pool.zarr --scores pool_scores.parquet --by P_OU_VIS -n 1000 --out hard.zarr
     """
+    from lensengine.catalogs.store import ChunkReadError
     from lensengine.catalogs.subset import top_cutouts
 
     source = _pick_store(store, tiles)
     try:
         result = top_cutouts(source, scores, column, n, out, tile=tile, overwrite=overwrite,
                              command=" ".join(shlex.quote(a) for a in sys.argv))
+    except ChunkReadError as exc:
+        raise click.ClickException(f"{_unreadable(exc)}; nothing was written to {out}") from None
     except (ValueError, FileExistsError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
@@ -318,6 +324,12 @@ def store_top_cmd(store, tiles, scores, column, n, out, tile, overwrite, as_json
     short = f" (only {result['n_scored']} scored)" if result["n_written"] < n else ""
     lowest = "" if result["threshold"] is None else f", {column} down to {result['threshold']:.4g}"
     click.echo(f"wrote the top {result['n_written']} of {source} by {column}{short} to {out} tile {tile}{lowest}")
+
+
+def _unreadable(exc) -> str:
+    """What a :class:`ChunkReadError` says, with what to do about it (exit code 1: the job failed)."""
+    return (f"could not read a source store's {exc} (`lensengine store validate` lists every bad chunk; "
+            f"leave that store out or give only its first cutouts before the chunk, STORE:N)")
 
 
 def _progress_echo(verb: str):

@@ -158,3 +158,20 @@ def test_cli_top_then_concat_builds_a_training_store(tmp_path, rng, cli_root):
     got = runner.invoke(cli_root, ["store", "top", str(tmp_path / "pool.zarr"), "--scores", str(table),
                                    "--by", "P_NOPE", "-n", "5", "--out", str(tmp_path / "x.zarr")])
     assert got.exit_code == 2 and "no column 'P_NOPE'" in got.output
+
+
+def test_cli_concat_of_a_store_with_a_corrupt_chunk_fails_naming_it(tmp_path, rng, cli_root):
+    from lensengine.catalogs._zarr_layout import chunk_file
+
+    _store(tmp_path / "a.zarr", rng, [40])                    # chunks of 16: 0-15, 16-31, 32-39
+    shard = chunk_file(tmp_path / "a.zarr", "t0", "vis", 1, 3)
+    shard.write_bytes(np.random.default_rng(1).integers(0, 256, shard.stat().st_size, dtype=np.uint8).tobytes())
+    runner = CliRunner()
+    got = runner.invoke(cli_root, ["store", "concat", "--out", str(tmp_path / "out.zarr"), str(tmp_path / "a.zarr")])
+    assert got.exit_code == 1
+    assert "tile 't0' chunk 1" in got.output and "nothing was written" in got.output
+    assert not (tmp_path / "out.zarr").exists() and not list(tmp_path.glob(".out.zarr*"))
+    # the cutouts before the bad chunk can still be taken
+    got = runner.invoke(cli_root, ["store", "concat", "--out", str(tmp_path / "out.zarr"), f"{tmp_path / 'a.zarr'}:16"])
+    assert got.exit_code == 0, got.output
+    assert SurveyStore.open(tmp_path / "out.zarr").total_cutouts() == 16
