@@ -22,7 +22,7 @@ import numpy as np
 
 from lensengine.catalogs.flags import describe
 
-__all__ = ["score_column", "ScoreTableWriter", "read_scores", "score_table_files", "score_table_schema",
+__all__ = ["score_column", "ScoreTableWriter", "read_scores", "score_arrow", "score_table_files", "score_table_schema",
            "write_candidates", "candidate_table",
            "CatalogueStream", "text_width", "standard_provenance",
            "read_catalog",
@@ -293,22 +293,33 @@ def score_table_schema(path):
     return pq.read_schema(score_table_files(path)[0])
 
 
+def score_arrow(path, columns: list[str] | None = None):
+    """A score table (a file, or a run's dataset folder) as a ``pyarrow.Table``, with its provenance metadata.
+
+    ``columns``: only these (all when None).  A file that is not a readable score table is a ``ValueError``.
+    """
+    import pyarrow.dataset as ds
+
+    path = Path(path)
+    try:
+        schema = score_table_schema(path)
+        arrow = ds.dataset([str(f) for f in score_table_files(path)], schema=schema,
+                           format="parquet").to_table(columns=columns)
+        return arrow.replace_schema_metadata(schema.metadata)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a non-Parquet file
+        raise ValueError(f"{path} is not a readable Parquet score table: {exc}") from exc
+
+
 def read_scores(path):
     """Read a Parquet score table (a file, or a run's dataset folder) into an astropy Table (RA/DEC in deg).
 
     Validates the columns.  ``meta`` holds the provenance (of a dataset: its ``_common_metadata``).
     """
     import astropy.units as u
-    import pyarrow.dataset as ds
     from astropy.table import Column, Table
 
     path = Path(path)
-    try:
-        schema = score_table_schema(path)
-        arrow = ds.dataset([str(f) for f in score_table_files(path)], schema=schema, format="parquet").to_table()
-        arrow = arrow.replace_schema_metadata(schema.metadata)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a non-Parquet file
-        raise ValueError(f"{path} is not a readable Parquet score table: {exc}") from exc
+    arrow = score_arrow(path)
     missing = [c for c in REQUIRED_SCORE_COLUMNS if c not in arrow.column_names]
     if missing:
         raise ValueError(f"{path}: score table lacks columns {missing} (has {arrow.column_names})")

@@ -89,6 +89,13 @@ class CutoutBatch:
             out[band] = self.nisp[:, i] if (self.nisp is not None and band in held) else None
         return out
 
+    def take(self, rows) -> "CutoutBatch":
+        """The cutouts at ``rows`` (indices or a boolean mask), in that order."""
+        return CutoutBatch(object_id=self.object_id[rows], ra=self.ra[rows], dec=self.dec[rows],
+                           vis=None if self.vis is None else self.vis[rows],
+                           nisp=None if self.nisp is None else self.nisp[rows], flags=self.flags[rows],
+                           truth={k: v[rows] for k, v in self.truth.items()}, held=self.held)
+
     @classmethod
     def concatenate(cls, batches: list["CutoutBatch"]) -> "CutoutBatch":
         if len(batches) == 1:

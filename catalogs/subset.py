@@ -124,16 +124,18 @@ def select_top(scores: np.ndarray, n: int) -> np.ndarray:
 
 def _score_rows(table_path, column: str, store: SurveyStore) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{tile: (rows, scores)}`` from a score table (``lensengine run --scores``), checked against the store."""
-    import pyarrow.parquet as pq
+    from lensengine.catalogs.catalog import score_arrow, score_table_schema
 
-    names = pq.ParquetDataset(table_path).schema.names  # one Parquet file, or a folder of them
+    try:
+        names = score_table_schema(table_path).names
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a non-Parquet file
+        raise ValueError(f"{table_path} is not a readable Parquet score table: {exc}") from exc
     if column not in names:
         scored = ", ".join(n for n in names if n.startswith("P_")) or "none"
         raise ValueError(f"score table {table_path} has no column {column!r} (score columns: {scored})")
     if "ROW" not in names:
         raise ValueError(f"score table {table_path} has no ROW column: is it a lensengine score table?")
-    wanted = [c for c in ("TILE", "ROW", "OBJECT_ID", column) if c in names]
-    table = pq.read_table(table_path, columns=wanted)
+    table = score_arrow(table_path, [c for c in ("TILE", "ROW", "OBJECT_ID", column) if c in names])
     rows = np.asarray(table.column("ROW"), dtype=np.int64)
     values = np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
     if "TILE" in names:
@@ -203,13 +205,7 @@ def top_cutouts(store_path, table_path, column: str, n: int, out, *, tile: str =
                 here = mine[(mine >= start) & (mine < stop)]
                 if here.size:
                     batch = store.read(name, start, stop)
-                    writer.add(_take(batch, here - start))
+                    writer.add(batch.take(here - start))
         writer.flush()
     return {"n_written": int(chosen.size), "n_scored": n_scored, "threshold": note["threshold"]}
 
-
-def _take(batch: CutoutBatch, index: np.ndarray) -> CutoutBatch:
-    pick = (lambda a: None if a is None else a[index])
-    return CutoutBatch(object_id=batch.object_id[index], ra=batch.ra[index], dec=batch.dec[index],
-                       vis=pick(batch.vis), nisp=pick(batch.nisp), flags=batch.flags[index],
-                       truth={k: v[index] for k, v in batch.truth.items()}, held=batch.held)

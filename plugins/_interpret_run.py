@@ -90,22 +90,13 @@ def find_cutouts(store_path, object_ids) -> "CutoutBatch":  # noqa: F821
                 continue
             batch = store.read(tile, start, stop)
             for n in np.flatnonzero(np.isin(batch.object_id, wanted)):
-                found.setdefault(int(batch.object_id[n]), _take(batch, [n]))
+                found.setdefault(int(batch.object_id[n]), batch.take([n]))
         if len(found) == len(set(wanted)):
             break
     missing = [i for i in wanted if i not in found]
     if missing:
         raise KeyError(f"object IDs {missing} not found in {store_path}")
     return CutoutBatch.concatenate([found[i] for i in wanted])
-
-
-def _take(batch, rows):
-    from lensengine.catalogs.store import CutoutBatch
-
-    return CutoutBatch(object_id=batch.object_id[rows], ra=batch.ra[rows], dec=batch.dec[rows],
-                       vis=None if batch.vis is None else batch.vis[rows],
-                       nisp=None if batch.nisp is None else batch.nisp[rows], flags=batch.flags[rows],
-                       truth={k: v[rows] for k, v in batch.truth.items()}, held=getattr(batch, "held", None))
 
 
 def _prepare(spec: ModelSpec, bands_batch, object_ids):
@@ -337,7 +328,7 @@ def kav_over_store(model_name: str, net, store_path, out_dir, *, spec: ModelSpec
         for index in range(len(store.chunk_slices(tile))):
             batch = store.read_chunk(tile, index)
             if limit is not None:
-                batch = _take(batch, np.arange(min(len(batch), limit - seen)))
+                batch = batch.take(np.arange(min(len(batch), limit - seen)))
             x, usable, ids = _prepare(spec, batch, None)
             keep = np.flatnonzero(usable)
             if len(keep):

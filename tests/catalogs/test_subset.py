@@ -65,16 +65,10 @@ def test_concat_joins_whole_stores_and_first_cutouts_in_order(tmp_path, rng):
     out = SurveyStore.open(tmp_path / "out.zarr")
     assert out.tiles == ["cutouts"] and out.chunk_size == 16
     assert out.truth_columns == SurveyStore.open(tmp_path / "a.zarr").truth_columns
-    want = CutoutBatch.concatenate([_take(a, np.arange(25)), b])
+    want = CutoutBatch.concatenate([a.take(np.arange(25)), b])
     _same(_everything(tmp_path / "out.zarr"), want)
     sources = out.attrs["provenance"]["sources"]
     assert [s["first"] for s in sources] == [25, None]
-
-
-def _take(batch, index):
-    from lensengine.catalogs.subset import _take as take
-
-    return take(batch, np.asarray(index))
 
 
 def test_concat_refuses_mismatched_stores_and_leaves_nothing(tmp_path, rng):
