@@ -335,12 +335,18 @@ def overlap(args, tmp: Path) -> dict:
         if not dest.exists():
             subset_store(args.source, dest, n)
         stores.append(dest)
+    # --precision auto: the runs take the runners calibrated for this CPU, and so does the bound
+    plan = args.precision
+    if plan == "auto":
+        from lensengine.engine.runners import choose_runners, encode_plan
+
+        plan = encode_plan(choose_runners(discover_models(args.models), "auto", "cpu"))
     res: dict = {"cpu_count": os.cpu_count(), "threshold": args.threshold, "load_avg_start": os.getloadavg(),
-                 "stores": {}}
+                 "precision": args.precision, "runner_plan": plan, "stores": {}}
     for store in stores:
         # the bound scores the store's own first cutouts (the run's pixels), before and after the runs
-        before = model_only(args.models, 512, "fp32", store=store)
-        before_lanes = model_only(args.models, 512, "fp32", lanes=2, store=store)
+        before = model_only(args.models, 512, plan, store=store)
+        before_lanes = model_only(args.models, 512, plan, lanes=2, store=store)
         runs: dict[str, list] = {"w1": [], "w2": [], "cascade_w1": []}
         if args.baseline:
             runs.update(baseline_w1=[], baseline_cascade_w1=[])
@@ -352,12 +358,13 @@ def overlap(args, tmp: Path) -> dict:
                     runs["baseline_cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True,
                                                                   threshold=args.threshold, code=args.baseline))
             ens = args.ensemble
-            runs["w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold, ensemble=ens))
-            runs["w2"].append(end_to_end(store, args.models, 2, tmp, threshold=args.threshold, ensemble=ens))
-            runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True, threshold=args.threshold,
-                                                 ensemble=ens))
-        after = model_only(args.models, 512, "fp32", store=store)
-        after_lanes = model_only(args.models, 512, "fp32", lanes=2, store=store)
+            prec = args.precision
+            runs["w1"].append(end_to_end(store, args.models, 1, tmp, prec, threshold=args.threshold, ensemble=ens))
+            runs["w2"].append(end_to_end(store, args.models, 2, tmp, prec, threshold=args.threshold, ensemble=ens))
+            runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, prec, cascade=True,
+                                                 threshold=args.threshold, ensemble=ens))
+        after = model_only(args.models, 512, plan, store=store)
+        after_lanes = model_only(args.models, 512, plan, lanes=2, store=store)
         one_lane = (before["rate"] + after["rate"]) / 2
         two_lanes = (before_lanes["rate"] + after_lanes["rate"]) / 2
         per_model = {m: (before["per_model"][m] + after["per_model"][m]) / 2 for m in before["per_model"]}
@@ -432,6 +439,9 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.770,
                     help="(--overlap) the runs' --threshold (default: the sky FPR-1 %% threshold of the mean)")
     ap.add_argument("--repeat", type=int, default=1, help="(--overlap) runs of each kind, in turn")
+    ap.add_argument("--precision", choices=("fp32", "auto"), default="fp32",
+                    help="(--overlap) the runs' --precision; auto: the runners calibrated for this CPU, the bound "
+                         "measured with the same runners")
     ap.add_argument("--ensemble", default=None,
                     help="(--overlap) the runs' --ensemble, e.g. mean: the cascade's lossless bound needs the mean "
                          "(the baseline runs its own default)")

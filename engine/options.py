@@ -110,8 +110,8 @@ def precision_option(extra: tuple[str, ...] = (), extra_help: str = ""):
     """``--precision auto|fp32|bf16`` (default auto), plus values one command also takes."""
     return click.option("--precision", type=ExtraChoice(PRECISIONS, extra=extra), default="auto",
                         show_default=True,
-                        help="Network arithmetic. auto: bf16 where this hardware is known to run it faster "
-                             "and torch is installed, else fp32."
+                        help="Network arithmetic. auto: what is measured faster here and stays correct (per "
+                             "command below), else fp32."
                              + (" " + extra_help if extra_help else ""))
 
 

@@ -741,22 +741,59 @@ def _cluster(opts: RunOptions, parts: PartsFolder, security):
     rows and a sweep is not limited by what one process can read and write; otherwise the client does.
     """
     scratch = None if opts.scheduler else parts.scratch()
-    try:
+    with _quiet_dask_after_interrupt():
         try:
-            client, cluster = _client(opts, scratch, security)
-        except OSError as exc:
-            raise RunFailed(f"could not start or reach the Dask cluster ({opts.scheduler or 'local'}): {exc}") \
-                from exc
-        closing = _Closing(client, cluster)
-        try:
-            if opts.dashboard and client.dashboard_link:
-                log.info("Dask dashboard: %s", client.dashboard_link)
-            yield client, not opts.scheduler or _workers_share_parts(client, parts), closing.start
+            try:
+                client, cluster = _client(opts, scratch, security)
+            except OSError as exc:
+                raise RunFailed(f"could not start or reach the Dask cluster ({opts.scheduler or 'local'}): {exc}") \
+                    from exc
+            closing = _Closing(client, cluster)
+            try:
+                if opts.dashboard and client.dashboard_link:
+                    log.info("Dask dashboard: %s", client.dashboard_link)
+                yield client, not opts.scheduler or _workers_share_parts(client, parts), closing.start
+            finally:
+                closing.finish()
         finally:
-            closing.finish()
+            if scratch is not None:
+                parts.remove_scratch()
+
+
+_DASK_LOGGERS = ("distributed", "tornado")
+
+
+@contextlib.contextmanager
+def _quiet_dask_after_interrupt():
+    """From Ctrl-C until the cluster is down, Dask and Tornado log nothing.
+
+    A Ctrl-C that lands while the client waits on the cluster makes Dask cancel and forget the work
+    in flight; its loggers then report that as errors ("Couldn't gather keys"), and a Ctrl-C at the
+    wrong instant trips a bug in ``distributed.utils.sync`` (``NameError: ... 'future'``, 2026.8)
+    whose traceback Tornado prints.  None of it is news to someone who pressed Ctrl-C, so the SIGINT
+    handler (installed in the main thread only) turns those loggers off *before* it raises
+    ``KeyboardInterrupt``; they are turned back on once the cluster has shut down.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    silenced: list[logging.Logger] = []
+
+    def interrupted(signum, frame):
+        for name in [n for n in list(logging.Logger.manager.loggerDict) if n.split(".")[0] in _DASK_LOGGERS]:
+            logger = logging.getLogger(name)
+            if not logger.disabled:
+                logger.disabled = True
+                silenced.append(logger)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
     finally:
-        if scratch is not None:
-            parts.remove_scratch()
+        signal.signal(signal.SIGINT, previous)
+        for logger in silenced:
+            logger.disabled = False
 
 
 class _Closing:

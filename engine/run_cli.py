@@ -65,14 +65,15 @@ INTERRUPTED = "interrupted — resume with --resume"
               help="Cutouts per Dask task (0: one store chunk; a store of under 16 chunks is split into about 16 "
                    "tasks so progress moves). At least a chunk: whole chunks per task (fewer, larger tasks for "
                    "fast GPUs); less: row ranges of a chunk.")
-@precision_option(extra_help="Here auto is bf16 on a CPU with AMX/AVX-512-BF16, else fp32. fp32: ONNX Runtime "
-                             "(portable, exact). bf16: torch autocast on the CPU (needs torch; several times "
-                             "faster on AMX/AVX-512-BF16 CPUs, |dP| ~ 1e-3).")
+@precision_option(extra_help="Here auto on the CPU is --runner auto (per model the runner a calibration measured "
+                             "faster and correct on this CPU, else ONNX Runtime fp32); on a GPU fp32. fp32: ONNX "
+                             "Runtime (portable, exact). bf16: torch autocast on the CPU (needs torch; |dP| up to "
+                             "~0.01).")
 @click.option("--runner", type=click.Choice(["auto", *RUNNERS]), default=None,
               help="How the networks run (supersedes --precision). auto: per model the fastest runner measured "
                    "correct (max |dP| <= 0.01 against ort-fp32) and faster on this CPU, from a calibration "
                    "(benchmarks/bench_runners.py --save-calibration), else ort-fp32. The choice is recorded in "
-                   "the catalogue (RUNNER<i>); docs/performance.md. [default: as --precision]")
+                   "the catalogue (RUNNER<i>); docs/performance.md. [default: as --precision, whose auto is this auto]")
 @click.option("--explain-top", type=click.IntRange(0), default=0, show_default=True,
               help="Write occlusion and Grad-CAM maps for the K best candidates (needs torch).")
 @click.option("--explain-model", default=None, help="Model for --explain-top [default: OU-200 if run].")
@@ -165,8 +166,10 @@ def _runner_plan(ctx, runner, precision, entries, device) -> str:
 
     where = "cpu" if device == "auto" and not _gpu() else device
     if runner is None:
-        return resolve_precision(precision, where)
-    if ctx.get_parameter_source("precision") == ParameterSource.COMMANDLINE:
+        if precision != "auto" or where != "cpu":
+            return resolve_precision(precision, where)  # fp32 or bf16 as asked; on a GPU ONNX Runtime's fp32
+        runner = "auto"  # on the CPU, auto is --runner auto: measured faster and correct here, else ort-fp32
+    elif ctx.get_parameter_source("precision") == ParameterSource.COMMANDLINE:
         raise ValueError("give --runner or --precision, not both (--runner supersedes --precision)")
     choice = choose_runners(entries, runner, where)
     log.info("runners: %s", ", ".join(f"{m} {r}" for m, r in choice.items()))

@@ -171,8 +171,10 @@ def test_the_int8_copy_is_made_once_and_reused(shipped):
 
 # --- the run -----------------------------------------------------------------------------------
 
-def test_the_runner_choice_is_in_a_real_runs_catalogue(tmp_path, shipped):
-    """`lensengine run --runner auto` with a calibration that makes one runner eligible for OU-J only."""
+@pytest.mark.parametrize("flags", [["--runner", "auto"], []], ids=["runner-auto", "default"])
+def test_the_runner_choice_is_in_a_real_runs_catalogue(tmp_path, shipped, flags):
+    """`lensengine run --runner auto` with a calibration that makes one runner eligible for OU-J only; the
+    default (`--precision auto`) chooses the same way on the CPU (stop 33: it took torch bf16 on any bf16 CPU)."""
     from astropy.io import fits
     from click.testing import CliRunner
 
@@ -188,8 +190,8 @@ def test_the_runner_choice_is_in_a_real_runs_catalogue(tmp_path, shipped):
     make_store(store, tiles=("T0",), n_per_tile=16, chunk_size=16, bad=False)
     out = tmp_path / "cands.fits"
     result = CliRunner().invoke(cli, ["run", "--tiles", str(store), "--out", str(out), "--model", "OU-J",
-                                      "--model", "OU-66", "--runner", "auto", "--threshold", "0",
-                                      "--no-dashboard"])
+                                      "--model", "OU-66", *flags, "--threshold", "0", "--no-dashboard",
+                                      "--device", "cpu"])
     assert result.exit_code == 0, result.output
     header = fits.getheader(out, 1)
     assert header["MODEL1"] == "OU-J" and header["RUNNER1"] == fast

@@ -351,6 +351,42 @@ def test_fault_16_ctrl_c_exits_130_cleanly_with_a_resume_hint(tmp_path, cli_run,
     _assert_every_row_once(_scores(tmp_path / "c_scores.parquet"), n_per_tile=64)
 
 
+def test_fault_16_after_ctrl_c_dask_and_tornado_log_nothing_until_the_cluster_is_down():
+    """CI, stop 32: a Ctrl-C that lands before ``distributed.utils.sync`` has its future made Tornado
+    print a NameError traceback (a Dask bug), and the scheduler logged the cancelled keys as errors."""
+    import io
+    import logging
+
+    from lensengine.engine.run import _quiet_dask_after_interrupt
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    names = ("tornado.application", "distributed.scheduler", "distributed.client")
+    loggers = [logging.getLogger(n) for n in names]
+    for logger in loggers:
+        logger.addHandler(handler)
+    own = logging.getLogger("lensengine.test")
+    own.addHandler(handler)
+    outside = signal.getsignal(signal.SIGINT)
+    try:
+        with _quiet_dask_after_interrupt():
+            handler_in_run = signal.getsignal(signal.SIGINT)
+            assert handler_in_run is not outside
+            logging.getLogger("tornado.application").error("before Ctrl-C")
+            with pytest.raises(KeyboardInterrupt):
+                handler_in_run(signal.SIGINT, None)
+            for logger in loggers:
+                logger.error("after Ctrl-C, from %s", logger.name)
+            own.error("ours still speaks")
+        assert signal.getsignal(signal.SIGINT) is outside
+        logging.getLogger("distributed.scheduler").error("after the run")
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        own.removeHandler(handler)
+    assert stream.getvalue().splitlines() == ["before Ctrl-C", "ours still speaks", "after the run"]
+
+
 # --- #17 --------------------------------------------------------------------------------------
 
 def test_fault_17_a_failure_after_work_started_exits_1_naming_it(tmp_path, cli_run, monkeypatch):
