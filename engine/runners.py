@@ -10,6 +10,9 @@ against; the others trade exactness for speed on some hardware:
                               activations, QDQ), made once and cached by model SHA-256
 ``openvino-fp32``             OpenVINO on the CPU, fp32
 ``openvino-bf16``             OpenVINO, bf16 inference hint (only where the CPU has bf16)
+``openvino-bf16-split``       the same, the first convolution's operands each split in two bf16
+                              parts (:mod:`lensengine.engine.bf16split`): bf16's speed, fp32's
+                              first layer, where bf16's error on these networks comes from
 ``openvino-int8``             OpenVINO on the same quantized copy as ``ort-int8``
 ``torch-bf16``                torch bf16 autocast, channels-last, eager (``--precision bf16``)
 ``torch-compile-fp32``        ``torch.compile``d fp32, persistent compile cache
@@ -103,6 +106,8 @@ RUNNERS: dict[str, RunnerKind] = {k.name: k for k in (
     RunnerKind("ort-int8", "ONNX Runtime, static int8 QDQ copy", ("onnxruntime", "onnx"), None, cpu_only=True),
     RunnerKind("openvino-fp32", "OpenVINO CPU fp32", ("openvino",), 1e-4, cpu_only=True),
     RunnerKind("openvino-bf16", "OpenVINO CPU, bf16 hint", ("openvino",), MAX_DELTA_P, cpu_only=True),
+    RunnerKind("openvino-bf16-split", "OpenVINO CPU, bf16 hint, first convolution split in two bf16 parts",
+               ("openvino", "onnx"), MAX_DELTA_P, cpu_only=True),
     RunnerKind("openvino-int8", "OpenVINO CPU on the int8 QDQ copy", ("openvino", "onnx"), None, cpu_only=True),
     RunnerKind("torch-bf16", "torch bf16 autocast, channels-last, eager", ("torch",), MAX_DELTA_P, True, True),
     RunnerKind("torch-compile-fp32", "torch.compile fp32, channels-last", ("torch",), 1e-4, True, True),
@@ -159,9 +164,15 @@ def runner_problem(name: str, model=None, device: str = "cpu") -> str | None:
     missing = [m for m in kind.modules if not _importable(m)]
     if missing:
         return f"{kind.name} needs the Python package(s) {', '.join(missing)}"
-    if kind.name == "openvino-bf16" and "BF16" not in _openvino_capabilities():
-        return "openvino-bf16: this CPU has no bf16 arithmetic (OpenVINO reports " \
+    if kind.name.startswith("openvino-bf16") and "BF16" not in _openvino_capabilities():
+        return f"{kind.name}: this CPU has no bf16 arithmetic (OpenVINO reports " \
                f"{', '.join(_openvino_capabilities())})"
+    if kind.name == "openvino-bf16-split" and model is not None:
+        from lensengine.engine.bf16split import split_problem
+
+        problem = split_problem(str(model.path))
+        if problem:
+            return f"{kind.name} cannot rewrite {Path(model.path).name}: {problem}"
     if kind.torch_weights and model is not None and not Path(model.path).with_suffix(".pt").is_file():
         return f"{kind.name} runs the torch weights {Path(model.path).with_suffix('.pt')}, which are missing"
     return None
@@ -306,11 +317,16 @@ def _ort_runner(path: str, model, device: str, threads: int) -> Runner:
 
 
 def _openvino_runner(path: str, hint: str, threads: int) -> Runner:
-    """An OpenVINO CPU model; one infer request per thread (requests are not thread-safe)."""
+    """An OpenVINO CPU model; one infer request per thread (requests are not thread-safe).
+
+    Threads are not pinned to cores: with pinning, the two one-thread lanes of a worker
+    (:func:`lensengine.engine.scoring.split_lanes`) landed on the same core and the seven networks scored
+    62 cutouts/s against 117 in one lane; unpinned, two lanes score 119–120 (stop 33, 2 cores).
+    """
     import numpy as np
     import openvino as ov
 
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "ENABLE_CPU_PINNING": False}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = ov.Core().compile_model(path, "CPU", config)
@@ -338,6 +354,11 @@ def build_runner(model, runner: str, device: str = "auto", threads: int = 0) -> 
         raise ValueError(f"model {model.name} ({model.path}): runner {name} cannot run here: {problem}")
     if name == "ort-int8":
         return _ort_runner(str(quantized_model(model)), model, "cpu", threads)
+    if name == "openvino-bf16-split":
+        from lensengine.engine.bf16split import split_input, split_model
+
+        run = _openvino_runner(str(split_model(model, _model_sha(model), cache_dir() / "runners")), "bf16", threads)
+        return lambda x: run(split_input(x))
     if name.startswith("openvino-"):
         precision = name.split("-", 1)[1]
         path = quantized_model(model) if precision == "int8" else model.path
@@ -491,8 +512,10 @@ def measure(model, inputs, runners=None, *, batch: int = 32, threads: int = 0, r
 
     Returns a calibration entry ``{"model", "sha256", "cpu", "n", "date", "runners": {name: {...}}}``.
     A runner that cannot run or fails is recorded with its reason (``error``)
-    and no rate, so it is never chosen.  Timing: one warm-up call, then the
-    best of ``repeats`` passes over ``inputs`` (each at least ``min_seconds``).
+    and no rate, so it is never chosen.  Timing: one warm-up call each, then
+    ``repeats`` rounds in which the runners take turns, each timing passes over
+    ``inputs`` for at least ``min_seconds`` (a machine whose speed drifts then
+    slows them all alike); a runner's rate is its best round.
     ``extra`` maps more names to functions that build a runner (candidate
     recipes a benchmark compares in the same run; :func:`_auto_runner` ignores
     names that are not runners, so they are never chosen).
@@ -508,7 +531,7 @@ def measure(model, inputs, runners=None, *, batch: int = 32, threads: int = 0, r
     extra = dict(extra or {})
     names += [n for n in extra if n not in names]
     results: dict[str, dict] = {}
-    reference = None
+    built: dict[str, tuple[Runner, float]] = {}
     for name in names:
         problem = None if name in extra else runner_problem(name, model, "cpu")
         if problem:
@@ -518,31 +541,47 @@ def measure(model, inputs, runners=None, *, batch: int = 32, threads: int = 0, r
             t0 = time.perf_counter()
             run = extra[name]() if name in extra else build_runner(model, name, "cpu", threads)
             run(np.ascontiguousarray(inputs[:batch]))  # warm-up (and compilation)
-            setup = time.perf_counter() - t0
-            best = float("inf")
-            for _ in range(repeats):
+            built[name] = (run, time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - a failing runner is recorded, not fatal
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    def one_pass(run):
+        return np.concatenate([np.asarray(run(np.ascontiguousarray(inputs[i:i + batch]))).reshape(-1)
+                               for i in range(0, len(inputs), batch)])
+
+    # the runners take turns, pass by pass, so that a machine whose speed drifts slows them all alike
+    best = dict.fromkeys(built, float("inf"))
+    scores: dict[str, np.ndarray] = {}
+    for _ in range(max(1, repeats)):
+        for name, (run, _setup) in list(built.items()):
+            try:
                 t0, passes = time.perf_counter(), 0
                 while True:
-                    p = np.concatenate([np.asarray(run(np.ascontiguousarray(inputs[i:i + batch]))).reshape(-1)
-                                        for i in range(0, len(inputs), batch)])
+                    scores[name] = one_pass(run)
                     passes += 1
                     if time.perf_counter() - t0 >= min_seconds:
                         break
-                best = min(best, (time.perf_counter() - t0) / passes)
-        except Exception as exc:  # noqa: BLE001 - a failing runner is recorded, not fatal
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                best[name] = min(best[name], (time.perf_counter() - t0) / passes)
+            except Exception as exc:  # noqa: BLE001 - a failing runner is recorded, not fatal
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                del built[name]
+    reference = scores.get(REFERENCE)
+    for name in names:
+        if name not in built:
             continue
+        p = scores[name]
         if reference is None:
             reference = p
         dp = np.abs(p.astype(np.float64) - reference)
-        results[name] = {"img_s": len(inputs) / best, "max_delta_p": float(np.nanmax(dp)),
-                         "frac_over_bound": float(np.mean(dp > MAX_DELTA_P)), "setup_s": setup,
+        results[name] = {"img_s": len(inputs) / best[name], "max_delta_p": float(np.nanmax(dp)),
+                         "frac_over_bound": float(np.mean(dp > MAX_DELTA_P)), "setup_s": built[name][1],
                          "nonfinite": int((~np.isfinite(p)).sum())}
         if results[name]["nonfinite"]:
             results[name]["max_delta_p"] = None  # not a probability: never eligible
     return {"model": model.name, "sha256": _model_sha(model), "cpu": cpu_signature(), "n": int(len(inputs)),
             "batch": batch, "threads": threads,
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "runners": results}
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+            "runners": {name: results[name] for name in names}}
 
 
 def calibration_entries(measured: list[dict]) -> dict[str, dict]:
