@@ -350,6 +350,7 @@ def overlap(args, tmp: Path) -> dict:
         runs: dict[str, list] = {"w1": [], "w2": [], "cascade_w1": []}
         if args.baseline:
             runs.update(baseline_w1=[], baseline_cascade_w1=[])
+        prec = args.precision
         for _ in range(args.repeat):
             if args.baseline:
                 runs["baseline_w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold,
@@ -358,7 +359,6 @@ def overlap(args, tmp: Path) -> dict:
                     runs["baseline_cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True,
                                                                   threshold=args.threshold, code=args.baseline))
             ens = args.ensemble
-            prec = args.precision
             runs["w1"].append(end_to_end(store, args.models, 1, tmp, prec, threshold=args.threshold, ensemble=ens))
             runs["w2"].append(end_to_end(store, args.models, 2, tmp, prec, threshold=args.threshold, ensemble=ens))
             runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, prec, cascade=True,

@@ -35,10 +35,17 @@ SPLIT_VERSION = 2
 _HIGH = np.uint32(0xFFFF0000)
 
 
-def _to_bf16(a: np.ndarray) -> np.ndarray:
-    """``a`` rounded to the nearest bf16 number (ties to even), kept as float32 (finite values)."""
+def _to_bf16(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a`` rounded to the nearest bf16 number (ties to even), as float32 (finite values); into ``out`` if given."""
     u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & _HIGH).view(np.float32)
+    out = np.empty(u.shape, np.float32) if out is None else out
+    r = out.view(np.uint32)
+    np.right_shift(u, np.uint32(16), out=r)
+    np.bitwise_and(r, np.uint32(1), out=r)
+    np.add(r, np.uint32(0x7FFF), out=r)
+    np.add(r, u, out=r)
+    np.bitwise_and(r, _HIGH, out=r)
+    return out
 
 
 def bf16_parts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,12 +64,7 @@ def split_input(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = x.shape[1]
     out = np.empty((x.shape[0], 3 * c, *x.shape[2:]), np.float32)
-    u, hi = x.view(np.uint32), out[:, :c].view(np.uint32)
-    np.right_shift(u, np.uint32(16), out=hi)
-    np.bitwise_and(hi, np.uint32(1), out=hi)
-    np.add(hi, np.uint32(0x7FFF), out=hi)
-    np.add(hi, u, out=hi)
-    np.bitwise_and(hi, _HIGH, out=hi)
+    _to_bf16(x, out=out[:, :c])
     lo = out[:, c:2 * c]
     np.subtract(x, out[:, :c], out=lo)
     np.bitwise_and(lo.view(np.uint32), _HIGH, out=lo.view(np.uint32))

@@ -8,8 +8,8 @@ beside each ONNX model), so the engine never imports the training code.
 per model the runner a calibration measured correct and faster on this CPU,
 else ``ort-fp32``); on a GPU it is fp32 (ONNX Runtime on the device).  An
 earlier ``auto`` took bf16 on every CPU with bf16 arithmetic; measured on an
-AVX-512-BF16 CPU (docs/performance.md) torch's eager bf16 ran 0.69–1.14× ONNX
-Runtime fp32 and beyond 0.01 on two networks, so it is no default.
+AVX-512-BF16 CPU (docs/performance.md) torch's eager bf16 ran 0.72–1.10× ONNX
+Runtime fp32 and beyond 0.01 on all seven networks, so it is no default.
 """
 
 from __future__ import annotations
