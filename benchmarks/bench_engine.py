@@ -350,15 +350,17 @@ def overlap(args, tmp: Path) -> dict:
         runs: dict[str, list] = {"w1": [], "w2": [], "cascade_w1": []}
         if args.baseline:
             runs.update(baseline_w1=[], baseline_cascade_w1=[])
-        prec = args.precision
+        prec, ens = args.precision, args.ensemble
+        # the baseline runs with the same --precision and --ensemble where it has them (else its own defaults)
+        base_options = run_options(args.baseline) if args.baseline else ""
+        base = {"precision": prec if prec == "fp32" or "[auto|" in base_options else "fp32",
+                "ensemble": ens if "--ensemble" in base_options else None,
+                "threshold": args.threshold, "code": args.baseline}
         for _ in range(args.repeat):
             if args.baseline:
-                runs["baseline_w1"].append(end_to_end(store, args.models, 1, tmp, threshold=args.threshold,
-                                                      code=args.baseline))
-                if "--cascade" in run_options(args.baseline):  # a version from before the cascade has none
-                    runs["baseline_cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True,
-                                                                  threshold=args.threshold, code=args.baseline))
-            ens = args.ensemble
+                runs["baseline_w1"].append(end_to_end(store, args.models, 1, tmp, **base))
+                if "--cascade" in base_options:  # a version from before the cascade has none
+                    runs["baseline_cascade_w1"].append(end_to_end(store, args.models, 1, tmp, cascade=True, **base))
             runs["w1"].append(end_to_end(store, args.models, 1, tmp, prec, threshold=args.threshold, ensemble=ens))
             runs["w2"].append(end_to_end(store, args.models, 2, tmp, prec, threshold=args.threshold, ensemble=ens))
             runs["cascade_w1"].append(end_to_end(store, args.models, 1, tmp, prec, cascade=True,
@@ -444,7 +446,7 @@ def main() -> None:
                          "measured with the same runners")
     ap.add_argument("--ensemble", default=None,
                     help="(--overlap) the runs' --ensemble, e.g. mean: the cascade's lossless bound needs the mean "
-                         "(the baseline runs its own default)")
+                         "(and the baseline, where it has the option)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="(--overlap) also run another version (1 worker, full and --cascade) in turn with these: "
                          "a folder holding its lensengine package, e.g. made from `git archive REV` by copying "

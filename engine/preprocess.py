@@ -116,14 +116,16 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
         return np.matmul(np.matmul(a, x), a.T)
 
 
-def minmax_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def minmax_batch(images: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Min-max scale each image (..., S, S) to [0, 1].
 
     Returns ``(scaled, constant)`` where ``constant`` marks images with
     max == min (or a non-finite range); those come back as zeros, never NaN.
     The work is float32 (this runs on every cutout) and in place on one new
-    array.  Only an image whose span of two finite float32 values overflows (up
-    to 6.8e38, e.g. pixels of ±3e38) is redone in float64, so it is scaled, not
+    array, or on ``images`` itself with ``overwrite`` (a float32 array the
+    caller made and no longer needs: a resampled plane; the same values).
+    Only an image whose span of two finite float32 values overflows (up to
+    6.8e38, e.g. pixels of ±3e38) is redone in float64, so it is scaled, not
     called constant; the decision is per image, so an image's result never
     depends on which other images share its batch (the cascade regroups cutouts).
     """
@@ -133,13 +135,14 @@ def minmax_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         span = hi - lo
     wide = np.isinf(span) & np.isfinite(lo) & np.isfinite(hi)
     constant = ~(np.isfinite(span) & (span > 0)) & ~wide
+    at = np.nonzero(wide[..., 0, 0])
+    big = images[at].astype(np.float64) if at[0].size else None  # read before an overwrite
+    overwrite = overwrite and images.dtype == np.float32 and images.flags.c_contiguous and images.flags.writeable
     with np.errstate(over="ignore", invalid="ignore"):
-        scaled = np.subtract(images, lo, dtype=np.float32)
+        scaled = np.subtract(images, lo, out=images if overwrite else None, dtype=np.float32)
         scaled /= np.where(constant | wide, np.float32(1), span)
     np.copyto(scaled, np.float32(0), where=constant)
-    if wide.any():
-        at = np.nonzero(wide[..., 0, 0])
-        big = images[at].astype(np.float64)
+    if big is not None:
         low = big.min(axis=(-2, -1), keepdims=True)
         scaled[at] = ((big - low) / (big.max(axis=(-2, -1), keepdims=True) - low)).astype(np.float32)
     return scaled, constant[..., 0, 0]
@@ -256,7 +259,9 @@ class Preprocessor:
         clean, band_flags = inspect_bands(bands, n)
         planes: dict[tuple[str, int], np.ndarray] = {}
         for band, stamp in self.planes:
-            scaled, constant = minmax_batch(resize_batch(clean[band], stamp))
+            resized = resize_batch(clean[band], stamp)
+            # a resampled plane is this batch's own new array: scale it where it is (no second copy)
+            scaled, constant = minmax_batch(resized, overwrite=resized is not clean[band])
             # a band can only become constant through resampling if it was
             # bad already, but never trust that: flag rather than divide by 0
             band_flags[band][constant & (band_flags[band] == 0)] |= np.uint32(Flag.CONSTANT_BAND)

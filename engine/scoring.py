@@ -34,6 +34,7 @@ from lensengine.catalogs.catalog import ENSEMBLE_COLUMN, score_column
 from lensengine.catalogs.flags import Flag, describe
 from lensengine.engine.cascade import Cascade
 from lensengine.engine.ensemble import ensemble_class
+from lensengine.engine.heap import keep_batch_memory
 from lensengine.engine.models import ModelEntry
 from lensengine.engine.preprocess import Preprocessor
 
@@ -516,6 +517,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     """
     from lensengine.catalogs.store import ChunkReadError, CutoutBatch
 
+    keep_batch_memory()  # with LENSENGINE_HEAP=keep, once per process (engine/heap.py)
     store = open_store(task.store)
     n = task.stop - task.start
     schema = _schema(task.models, task.ensemble, tuple(store.truth_columns.items()))

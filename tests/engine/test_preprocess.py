@@ -70,6 +70,22 @@ def test_minmax_range_and_constant():
     assert np.all(scaled[1] == 0) and np.isfinite(scaled).all()
 
 
+def test_minmax_overwrite_scales_in_place_to_the_same_bits(rng):
+    x = rng.gamma(2.0, 3.0, (6, 20, 20)).astype(np.float32)
+    x[1] = 5.0  # constant
+    x[2, 0, 0], x[2, 1, 1] = 3e38, -3e38  # a span that overflows float32: redone in float64
+    x[3, 4, 4] = np.nan
+    copy = x.copy()
+    expected, expected_constant = minmax_batch(copy.copy())
+    scaled, constant = minmax_batch(x, overwrite=True)
+    assert scaled is x  # no second array
+    assert np.array_equal(scaled.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(constant, expected_constant)
+    view = copy[:, ::2]  # not contiguous: scaled into a new array, the input left as it was
+    scaled_view, _ = minmax_batch(view, overwrite=True)
+    assert scaled_view is not view and np.array_equal(view, copy[:, ::2], equal_nan=True)
+
+
 def test_bad_input_is_flagged_per_cutout_and_band(rng):
     n = 6
     bands = {"VIS": rng.normal(size=(n, 200, 200)).astype(np.float32),
