@@ -7,8 +7,9 @@ input of a 32-cutout sub-batch 5–20 MB).  Dask starts its workers with
 128 kB: every such array is then a fresh ``mmap`` whose pages are faulted in
 anew and returned when it is freed.  On the 2-core development VM a worker
 took about 450 page faults per cutout, and the threads outside the networks
-spent 16–18 s of CPU on 4 096 cutouts against 9–10 s with the heap kept
-(docs/performance.md, "Stop 34: the workers' heap").
+spent 16–18 s of CPU on 4 096 cutouts against 9–10 s with the heap kept (trim
+256 MB, mmap 64 MB, glibc's arenas: the settings measured thread by thread;
+docs/performance.md, "Stop 34").
 
 With ``LENSENGINE_HEAP=keep`` in the workers' environment, :func:`keep_batch_memory`
 sets, once per process, ``M_ARENA_MAX`` to :data:`ARENAS`, ``M_MMAP_THRESHOLD`` to
