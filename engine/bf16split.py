@@ -58,12 +58,15 @@ def bf16_parts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def split_input(x: np.ndarray) -> np.ndarray:
     """The split model's input for the usual input ``x`` (N, C, H, W): ``[x_hi, x_lo, x_hi]`` on the channel axis.
 
-    Written in place into one array (it runs on every batch): ``x_hi`` rounded to nearest as in
-    :func:`bf16_parts`, ``x_lo`` truncated, which keeps ``x_hi + x_lo`` within 2⁻¹⁵ of ``x``.
+    Written in place into one array (it runs on every batch; one the process's buffer pool has free,
+    engine/buffers.py): ``x_hi`` rounded to nearest as in :func:`bf16_parts`, ``x_lo`` truncated, which keeps
+    ``x_hi + x_lo`` within 2⁻¹⁵ of ``x``.
     """
+    from lensengine.engine.buffers import pool
+
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = x.shape[1]
-    out = np.empty((x.shape[0], 3 * c, *x.shape[2:]), np.float32)
+    out = pool.empty((x.shape[0], 3 * c, *x.shape[2:]))
     _to_bf16(x, out=out[:, :c])
     lo = out[:, c:2 * c]
     np.subtract(x, out[:, :c], out=lo)

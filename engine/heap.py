@@ -18,7 +18,9 @@ sets, once per process, ``M_ARENA_MAX`` to :data:`ARENAS`, ``M_MMAP_THRESHOLD`` 
 the heap's top before it is returned).  It is opt-in because it costs memory for
 a gain seen mainly in ``--cascade`` runs (measured side by side, stop 34: one
 worker 0.98–1.06× the cutouts/s, the cascade 1.16–1.39×, peak RSS of a default run
-1.50 against 0.98 GiB).  Only glibc has ``mallopt``; elsewhere it does nothing.
+1.50 against 0.98 GiB).  Only glibc has ``mallopt``; elsewhere it does nothing.  The
+preprocessing arrays themselves are reused by the buffer pool (engine/buffers.py, on by
+default), which halves the faults without keeping the rest of the heap.
 """
 
 from __future__ import annotations

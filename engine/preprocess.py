@@ -35,6 +35,7 @@ from importlib import resources
 import numpy as np
 
 from lensengine.catalogs.flags import Flag
+from lensengine.engine.buffers import BufferPool
 from lensengine.engine.specs import BANDS, NATIVE_STAMP, ModelSpec
 
 __all__ = [
@@ -95,8 +96,17 @@ def _blas():
     return ThreadpoolController()
 
 
-def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+@lru_cache(maxsize=None)
+def _resize_matrix32(n_in: int, n_out: int) -> np.ndarray:
+    """:func:`resize_matrix` in float32, made once."""
+    return resize_matrix(n_in, n_out).astype(np.float32)
+
+
+def resize_batch(images: np.ndarray, size: int, buffers: BufferPool | None = None) -> np.ndarray:
     """Resample square images (..., n, n) to (..., size, size) with :func:`resize_matrix` on both axes.
+
+    ``buffers`` (a :class:`~lensengine.engine.buffers.BufferPool`) gives the
+    intermediate and the result arrays (the same values as new ones).
 
     The products run on one BLAS thread: a threaded float32 GEMM sums in an
     order that depends on the thread count, and Dask workers run BLAS on one
@@ -110,20 +120,25 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"expected square images, got shape {images.shape}")
     if n == size:
         return images.astype(np.float32, copy=False)
-    a = resize_matrix(n, size).astype(np.float32)
+    a = _resize_matrix32(n, size)
     x = images.astype(np.float32, copy=False)
+    lead = x.shape[:-2]
+    half = buffers.empty((*lead, size, n)) if buffers is not None else None
+    out = buffers.empty((*lead, size, size)) if buffers is not None else None
     with _blas().limit(limits=1, user_api="blas"):
-        return np.matmul(np.matmul(a, x), a.T)
+        return np.matmul(np.matmul(a, x, out=half), a.T, out=out)
 
 
-def minmax_batch(images: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def minmax_batch(images: np.ndarray, overwrite: bool = False,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Min-max scale each image (..., S, S) to [0, 1].
 
     Returns ``(scaled, constant)`` where ``constant`` marks images with
     max == min (or a non-finite range); those come back as zeros, never NaN.
     The work is float32 (this runs on every cutout) and in place on one new
-    array, or on ``images`` itself with ``overwrite`` (a float32 array the
-    caller made and no longer needs: a resampled plane; the same values).
+    array (``out``, a float32 array of the same shape, if given), or on
+    ``images`` itself with ``overwrite`` (a float32 array the caller made and no
+    longer needs: a resampled plane; the same values).
     Only an image whose span of two finite float32 values overflows (up to
     6.8e38, e.g. pixels of ±3e38) is redone in float64, so it is scaled, not
     called constant; the decision is per image, so an image's result never
@@ -139,7 +154,7 @@ def minmax_batch(images: np.ndarray, overwrite: bool = False) -> tuple[np.ndarra
     big = images[at].astype(np.float64) if at[0].size else None  # read before an overwrite
     overwrite = overwrite and images.dtype == np.float32 and images.flags.c_contiguous and images.flags.writeable
     with np.errstate(over="ignore", invalid="ignore"):
-        scaled = np.subtract(images, lo, out=images if overwrite else None, dtype=np.float32)
+        scaled = np.subtract(images, lo, out=images if overwrite else out, dtype=np.float32)
         scaled /= np.where(constant | wide, np.float32(1), span)
     np.copyto(scaled, np.float32(0), where=constant)
     if big is not None:
@@ -243,10 +258,16 @@ class Preprocessor:
     stacked in each model's band order.  A spec is anything with ``name``,
     ``bands`` and ``stamp`` (a :class:`ModelSpec`, or a model entry's
     :meth:`~lensengine.engine.models.ModelEntry.as_spec`): any stamp works.
+
+    With ``buffers`` (a :class:`~lensengine.engine.buffers.BufferPool`; the
+    scoring workers pass the process's pool) the resampled planes and the
+    stacked inputs are written into arrays that earlier batches let go: the same
+    values, without new memory for every batch.
     """
 
-    def __init__(self, specs: list[ModelSpec] | tuple[ModelSpec, ...]):
+    def __init__(self, specs: list[ModelSpec] | tuple[ModelSpec, ...], buffers: BufferPool | None = None):
         self.specs = tuple(specs)
+        self.buffers = buffers
         for spec in self.specs:
             unknown = set(spec.bands) - set(BANDS)
             if unknown:
@@ -259,9 +280,11 @@ class Preprocessor:
         clean, band_flags = inspect_bands(bands, n)
         planes: dict[tuple[str, int], np.ndarray] = {}
         for band, stamp in self.planes:
-            resized = resize_batch(clean[band], stamp)
+            resized = resize_batch(clean[band], stamp, self.buffers)
             # a resampled plane is this batch's own new array: scale it where it is (no second copy)
-            scaled, constant = minmax_batch(resized, overwrite=resized is not clean[band])
+            new = resized is not clean[band]
+            out = None if new or self.buffers is None else self.buffers.empty(resized.shape)
+            scaled, constant = minmax_batch(resized, overwrite=new, out=out)
             # a band can only become constant through resampling if it was
             # bad already, but never trust that: flag rather than divide by 0
             band_flags[band][constant & (band_flags[band] == 0)] |= np.uint32(Flag.CONSTANT_BAND)
@@ -271,7 +294,9 @@ class Preprocessor:
             if len(spec.bands) == 1:  # a view: (n, S, S) -> (n, 1, S, S) is still contiguous
                 inputs[spec.name] = planes[(spec.bands[0], spec.stamp)][:, None]
             else:
-                inputs[spec.name] = np.stack([planes[(b, spec.stamp)] for b in spec.bands], axis=1)
+                shape = (n, len(spec.bands), spec.stamp, spec.stamp)
+                inputs[spec.name] = np.stack([planes[(b, spec.stamp)] for b in spec.bands], axis=1,
+                                             out=None if self.buffers is None else self.buffers.empty(shape))
             bad = np.zeros(n, dtype=bool)
             for b in spec.bands:
                 bad |= band_flags[b] != 0

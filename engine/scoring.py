@@ -32,6 +32,7 @@ import numpy as np
 
 from lensengine.catalogs.catalog import ENSEMBLE_COLUMN, score_column
 from lensengine.catalogs.flags import Flag, describe
+from lensengine.engine.buffers import pool
 from lensengine.engine.cascade import Cascade
 from lensengine.engine.ensemble import ensemble_class
 from lensengine.engine.heap import keep_batch_memory
@@ -141,8 +142,9 @@ def make_runner(model: ModelEntry, precision: str = "fp32", device: str = "auto"
 
 @lru_cache(maxsize=8)
 def preprocessor_for(models: tuple[ModelEntry, ...]) -> Preprocessor:
-    """The shared preprocessor of a tuple of models, from each model's own bands and stamp."""
-    return Preprocessor([m.as_spec() for m in models])
+    """The shared preprocessor of a tuple of models, from each model's own bands and stamp; its arrays come
+    from the process's buffer pool (engine/buffers.py)."""
+    return Preprocessor([m.as_spec() for m in models], buffers=pool)
 
 
 @lru_cache(maxsize=4)
