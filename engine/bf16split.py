@@ -18,6 +18,19 @@ product.  The cost is the first layer's, tripled in its input channels.
 
 :func:`split_model` writes that model once per model (cached by SHA-256, renamed
 into place atomically); :func:`split_input` makes the input from the usual one.
+
+The ``openvino-bf16-split2`` runner splits only the input, ``[x_hi, x_lo]``
+against ``[W_q, W_q]``, two thirds of the first layer's cost.  Rounding ``W`` to
+the nearest bf16 alone would leave its error (up to 0.014 in P on these
+networks), so ``W_q`` is rounded with error compensation instead
+(:func:`compensated_bf16`): the weights of an output channel are rounded one at a
+time and each rounding error is spread over the weights not yet rounded, in the
+proportions that keep the convolution's output closest in the mean square over
+the patches it reads (the optimal-brain-surgeon update that GPTQ applies to
+whole networks; Frantar et al. 2023).  Those patch statistics
+(:func:`patch_moments`) come from the engine's deterministic synthetic cutouts
+(:func:`lensengine.engine.runners.calibration_inputs`), never from the cutouts a
+runner is measured on.
 """
 
 from __future__ import annotations
@@ -28,10 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SPLIT_VERSION", "bf16_parts", "split_input", "split_model", "split_graph", "split_problem"]
+__all__ = ["SPLIT_VERSION", "SPLIT2_VERSION", "bf16_parts", "compensated_bf16", "patch_moments", "split_input",
+           "split_model", "split_graph", "split_problem"]
 
 #: bump when the rewrite changes, so cached copies are remade
 SPLIT_VERSION = 2
+#: the same for the two-part rewrite (its weights depend on the calibration cutouts too)
+SPLIT2_VERSION = 1
 _HIGH = np.uint32(0xFFFF0000)
 
 
@@ -55,8 +71,9 @@ def bf16_parts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, _to_bf16(a - hi)
 
 
-def split_input(x: np.ndarray) -> np.ndarray:
-    """The split model's input for the usual input ``x`` (N, C, H, W): ``[x_hi, x_lo, x_hi]`` on the channel axis.
+def split_input(x: np.ndarray, parts: int = 3) -> np.ndarray:
+    """The split model's input for the usual input ``x`` (N, C, H, W): ``[x_hi, x_lo, x_hi]`` on the channel axis
+    (``[x_hi, x_lo]`` with ``parts`` 2).
 
     Written in place into one array (it runs on every batch; one the process's buffer pool has free,
     engine/buffers.py): ``x_hi`` rounded to nearest as in :func:`bf16_parts`, ``x_lo`` truncated, which keeps
@@ -66,23 +83,64 @@ def split_input(x: np.ndarray) -> np.ndarray:
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = x.shape[1]
-    out = pool.empty((x.shape[0], 3 * c, *x.shape[2:]))
+    out = pool.empty((x.shape[0], parts * c, *x.shape[2:]))
     _to_bf16(x, out=out[:, :c])
     lo = out[:, c:2 * c]
     np.subtract(x, out[:, :c], out=lo)
     np.bitwise_and(lo.view(np.uint32), _HIGH, out=lo.view(np.uint32))
-    out[:, 2 * c:] = out[:, :c]
+    if parts == 3:
+        out[:, 2 * c:] = out[:, :c]
     return out
 
 
-def split_graph(proto) -> None:
-    """Rewrite an ONNX ``ModelProto`` in place: its first convolution takes the three-part input.
+def patch_moments(x: np.ndarray, kernel: tuple[int, int], pads=(0, 0, 0, 0), strides=(1, 1)) -> np.ndarray:
+    """``E[p pᵀ]`` (float64, d × d) over every patch ``p`` a convolution with this kernel, padding and stride reads
+    from ``x`` (N, C, H, W); ``p`` is ordered as a row of the weights reshaped to (C_out, C·kh·kw)."""
+    from numpy.lib.stride_tricks import sliding_window_view
 
-    Raises ``ValueError`` when the graph input does not feed exactly one ``Conv`` (with ``group`` 1) and
-    nothing else: the rewrite would then change what the network computes.
+    kh, kw = kernel
+    d = x.shape[1] * kh * kw
+    total, count = np.zeros((d, d)), 0
+    for i in range(len(x)):  # one cutout at a time: a 200-px four-band cutout has 40 000 patches of 100 values
+        xp = np.pad(np.asarray(x[i:i + 1], np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
+        p = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, d)
+        total += p.T @ p
+        count += len(p)
+    return total / max(count, 1)
+
+
+def compensated_bf16(w: np.ndarray, moments: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """bf16 weights (as float32) for ``w`` (C_out, d) that keep ``w @ p`` close for patches with second moments
+    ``moments`` (d × d): each column is rounded to the nearest bf16 number in turn and its rounding error spread
+    over the columns still to come through the inverse moments' Cholesky factor (see the module).  ``damp``
+    (a share of the mean diagonal) keeps a singular ``moments`` (a constant pixel, an unused band) invertible.
+    """
+    d = moments.shape[0]
+    h = moments + damp * max(float(np.mean(np.diag(moments))), 1e-12) * np.eye(d)
+    factor = np.linalg.cholesky(np.linalg.inv(h)).T  # upper triangular
+    rest = np.asarray(w, np.float64).copy()
+    out = np.empty(rest.shape, np.float32)
+    for j in range(d):
+        out[:, j] = _to_bf16(rest[:, j].astype(np.float32))
+        err = (rest[:, j] - out[:, j]) / factor[j, j]
+        rest[:, j + 1:] -= np.outer(err, factor[j, j + 1:])
+    return out
+
+
+def split_graph(proto, parts: int = 3, calibration: np.ndarray | None = None, check_only: bool = False) -> None:
+    """Rewrite an ONNX ``ModelProto`` in place: its first convolution takes the three-part input (``parts`` 3),
+    or the two-part input against :func:`compensated_bf16` weights set on ``calibration`` (usual inputs,
+    N × C × H × W; ``parts`` 2).
+
+    Raises ``ValueError`` when the graph input does not feed exactly one ``Conv`` (with ``group`` 1; for two
+    parts also explicit padding, no dilation) and nothing else: the rewrite would then change what the network
+    computes.  ``check_only`` makes those checks and leaves ``proto`` alone.
     """
     from onnx import numpy_helper
 
+    if parts not in (2, 3):
+        raise ValueError(f"parts must be 2 or 3, not {parts}")
     graph = proto.graph
     initializers = {t.name: t for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
@@ -97,40 +155,59 @@ def split_graph(proto) -> None:
         raise ValueError("the first convolution is grouped")
     if len(conv.input) < 2 or conv.input[1] not in initializers:
         raise ValueError("the first convolution's weights are not a constant")
-    w_hi, w_lo = bf16_parts(numpy_helper.to_array(initializers[conv.input[1]]))
-    initializers[conv.input[1]].CopyFrom(numpy_helper.from_array(np.concatenate([w_hi, w_hi, w_lo], axis=1),
-                                                                 conv.input[1]))
     channels = inputs[0].type.tensor_type.shape.dim[1]
     if not channels.HasField("dim_value"):
         raise ValueError("the input's channel axis has no fixed size")
-    channels.dim_value *= 3
+    attrs = {a.name: list(a.ints) for a in conv.attribute if a.ints}
+    auto_pad = next((a.s for a in conv.attribute if a.name == "auto_pad"), b"NOTSET")
+    if parts == 2 and (auto_pad not in (b"", b"NOTSET") or any(v != 1 for v in attrs.get("dilations", [1, 1]))):
+        raise ValueError("the first convolution pads automatically or is dilated")
+    if check_only:
+        return
+    w = numpy_helper.to_array(initializers[conv.input[1]])
+    if parts == 3:
+        w_hi, w_lo = bf16_parts(w)
+        split = np.concatenate([w_hi, w_hi, w_lo], axis=1)
+    else:
+        if calibration is None:
+            raise ValueError("the two-part rewrite needs calibration inputs")
+        moments = patch_moments(calibration, w.shape[2:], attrs.get("pads", [0, 0, 0, 0]),
+                                attrs.get("strides", [1, 1]))
+        w_q = compensated_bf16(w.reshape(w.shape[0], -1), moments).reshape(w.shape)
+        split = np.concatenate([w_q, w_q], axis=1)
+    initializers[conv.input[1]].CopyFrom(numpy_helper.from_array(split, conv.input[1]))
+    channels.dim_value *= parts
 
 
 @lru_cache(maxsize=32)
-def split_problem(path: str) -> str | None:
-    """Why the ONNX model at ``path`` cannot be split (see :func:`split_graph`), or None when it can."""
+def split_problem(path: str, parts: int = 3) -> str | None:
+    """Why the ONNX model at ``path`` cannot be split in ``parts`` (see :func:`split_graph`), or None when it can."""
     import onnx
 
     try:
-        split_graph(onnx.load(str(path)))
+        split_graph(onnx.load(str(path)), parts, check_only=True)
     except ValueError as exc:
         return str(exc)
     return None
 
 
-def split_model(model, sha256: str, cache: Path) -> Path:
+def split_model(model, sha256: str, cache: Path, parts: int = 3, calibration=None) -> Path:
     """The split copy of ``model`` (a :class:`~lensengine.engine.models.ModelEntry` whose file has SHA-256
-    ``sha256``), made once into ``cache``."""
+    ``sha256``), made once into ``cache``: ``parts`` 3 for ``openvino-bf16-split``, 2 for
+    ``openvino-bf16-split2``, whose weights are set on the inputs ``calibration()`` returns (called only when
+    the copy is made; :func:`lensengine.engine.runners.calibration_inputs`)."""
     import onnx
 
-    path = Path(cache) / f"{sha256[:20]}-bf16split-v{SPLIT_VERSION}.onnx"
+    tag = f"bf16split-v{SPLIT_VERSION}" if parts == 3 else f"bf16split2-v{SPLIT2_VERSION}"
+    path = Path(cache) / f"{sha256[:20]}-{tag}.onnx"
     if path.is_file():
         return path
     proto = onnx.load(str(model.path))
     try:
-        split_graph(proto)
+        split_graph(proto, parts, calibration() if parts == 2 and calibration is not None else None)
     except ValueError as exc:
-        raise ValueError(f"model {model.name} ({model.path}): openvino-bf16-split cannot rewrite it: {exc}") from None
+        runner = "openvino-bf16-split" if parts == 3 else "openvino-bf16-split2"
+        raise ValueError(f"model {model.name} ({model.path}): {runner} cannot rewrite it: {exc}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + f".tmp-{os.getpid()}.onnx")
     try:

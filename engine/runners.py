@@ -13,6 +13,8 @@ against; the others trade exactness for speed on some hardware:
 ``openvino-bf16-split``       the same, the first convolution's operands each split in two bf16
                               parts (:mod:`lensengine.engine.bf16split`): bf16's speed, fp32's
                               first layer, where bf16's error on these networks comes from
+``openvino-bf16-split2``      only the input split in two parts, against bf16 weights rounded
+                              with error compensation: two thirds of the split's first layer
 ``openvino-int8``             OpenVINO on the same quantized copy as ``ort-int8``
 ``torch-bf16``                torch bf16 autocast, channels-last, eager (``--precision bf16``)
 ``torch-compile-fp32``        ``torch.compile``d fp32, persistent compile cache
@@ -108,6 +110,8 @@ RUNNERS: dict[str, RunnerKind] = {k.name: k for k in (
     RunnerKind("openvino-bf16", "OpenVINO CPU, bf16 hint", ("openvino",), MAX_DELTA_P, cpu_only=True),
     RunnerKind("openvino-bf16-split", "OpenVINO CPU, bf16 hint, first convolution split in two bf16 parts",
                ("openvino", "onnx"), MAX_DELTA_P, cpu_only=True),
+    RunnerKind("openvino-bf16-split2", "OpenVINO CPU, bf16 hint, first convolution's input in two bf16 parts "
+               "against error-compensated bf16 weights", ("openvino", "onnx"), MAX_DELTA_P, cpu_only=True),
     RunnerKind("openvino-int8", "OpenVINO CPU on the int8 QDQ copy", ("openvino", "onnx"), None, cpu_only=True),
     RunnerKind("torch-bf16", "torch bf16 autocast, channels-last, eager", ("torch",), MAX_DELTA_P, True, True),
     RunnerKind("torch-compile-fp32", "torch.compile fp32, channels-last", ("torch",), 1e-4, True, True),
@@ -167,10 +171,10 @@ def runner_problem(name: str, model=None, device: str = "cpu") -> str | None:
     if kind.name.startswith("openvino-bf16") and "BF16" not in _openvino_capabilities():
         return f"{kind.name}: this CPU has no bf16 arithmetic (OpenVINO reports " \
                f"{', '.join(_openvino_capabilities())})"
-    if kind.name == "openvino-bf16-split" and model is not None:
+    if kind.name.startswith("openvino-bf16-split") and model is not None:
         from lensengine.engine.bf16split import split_problem
 
-        problem = split_problem(str(model.path))
+        problem = split_problem(str(model.path), 2 if kind.name.endswith("split2") else 3)
         if problem:
             return f"{kind.name} cannot rewrite {Path(model.path).name}: {problem}"
     if kind.torch_weights and model is not None and not Path(model.path).with_suffix(".pt").is_file():
@@ -243,6 +247,15 @@ def _synthetic_calibration_bands(n: int = 32, seed: int = 20261201) -> dict:
     return out
 
 
+def calibration_inputs(model, n: int = 32) -> "np.ndarray":
+    """``model``'s inputs (N, C, H, W) for ``n`` of :func:`_synthetic_calibration_bands` through the engine's
+    preprocessing: what the int8 copies' activation ranges and the two-part split's weight rounding are set on."""
+    from lensengine.engine.preprocess import Preprocessor
+
+    bands = _synthetic_calibration_bands(n)
+    return Preprocessor([model.as_spec()])({b: bands[b] for b in model.bands}, n).inputs[model.name]
+
+
 def quantized_model(model) -> Path:
     """The statically quantized (int8 QDQ) copy of ``model``, made on first use and cached.
 
@@ -258,11 +271,7 @@ def quantized_model(model) -> Path:
     path = cache_dir() / "runners" / f"{sha[:20]}-int8-q{QUANT_VERSION}-ort{ort.__version__}.onnx"
     if path.is_file():
         return path
-    from lensengine.engine.preprocess import Preprocessor
-
-    bands = _synthetic_calibration_bands()
-    n = len(next(iter(bands.values())))
-    x = Preprocessor([model.as_spec()])({b: bands[b] for b in model.bands}, n).inputs[model.name]
+    x = calibration_inputs(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + f".tmp-{os.getpid()}.onnx")
     try:
@@ -354,11 +363,13 @@ def build_runner(model, runner: str, device: str = "auto", threads: int = 0) -> 
         raise ValueError(f"model {model.name} ({model.path}): runner {name} cannot run here: {problem}")
     if name == "ort-int8":
         return _ort_runner(str(quantized_model(model)), model, "cpu", threads)
-    if name == "openvino-bf16-split":
+    if name.startswith("openvino-bf16-split"):
         from lensengine.engine.bf16split import split_input, split_model
 
-        run = _openvino_runner(str(split_model(model, _model_sha(model), cache_dir() / "runners")), "bf16", threads)
-        return lambda x: run(split_input(x))
+        parts = 2 if name.endswith("split2") else 3
+        path = split_model(model, _model_sha(model), cache_dir() / "runners", parts, lambda: calibration_inputs(model))
+        run = _openvino_runner(str(path), "bf16", threads)
+        return lambda x: run(split_input(x, parts))
     if name.startswith("openvino-"):
         precision = name.split("-", 1)[1]
         path = quantized_model(model) if precision == "int8" else model.path
