@@ -204,10 +204,10 @@ def split_model(model, sha256: str, cache: Path, parts: int = 3, calibration=Non
         return path
     proto = onnx.load(str(model.path))
     try:
-        split_graph(proto, parts, calibration() if parts == 2 and calibration is not None else None)
+        split_graph(proto, parts, None if calibration is None else calibration())
     except ValueError as exc:
-        runner = "openvino-bf16-split" if parts == 3 else "openvino-bf16-split2"
-        raise ValueError(f"model {model.name} ({model.path}): {runner} cannot rewrite it: {exc}") from None
+        raise ValueError(f"model {model.name} ({model.path}): the {parts}-part bf16 split cannot rewrite it: "
+                         f"{exc}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + f".tmp-{os.getpid()}.onnx")
     try:

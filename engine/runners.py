@@ -120,6 +120,10 @@ RUNNERS: dict[str, RunnerKind] = {k.name: k for k in (
 )}
 
 
+#: the runners that run a split copy (engine/bf16split.py) and the parts of its first convolution's input
+SPLIT_PARTS = {"openvino-bf16-split": 3, "openvino-bf16-split2": 2}
+
+
 # --- the machine ------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
@@ -171,10 +175,10 @@ def runner_problem(name: str, model=None, device: str = "cpu") -> str | None:
     if kind.name.startswith("openvino-bf16") and "BF16" not in _openvino_capabilities():
         return f"{kind.name}: this CPU has no bf16 arithmetic (OpenVINO reports " \
                f"{', '.join(_openvino_capabilities())})"
-    if kind.name.startswith("openvino-bf16-split") and model is not None:
+    if kind.name in SPLIT_PARTS and model is not None:
         from lensengine.engine.bf16split import split_problem
 
-        problem = split_problem(str(model.path), 2 if kind.name.endswith("split2") else 3)
+        problem = split_problem(str(model.path), SPLIT_PARTS[kind.name])
         if problem:
             return f"{kind.name} cannot rewrite {Path(model.path).name}: {problem}"
     if kind.torch_weights and model is not None and not Path(model.path).with_suffix(".pt").is_file():
@@ -363,10 +367,10 @@ def build_runner(model, runner: str, device: str = "auto", threads: int = 0) -> 
         raise ValueError(f"model {model.name} ({model.path}): runner {name} cannot run here: {problem}")
     if name == "ort-int8":
         return _ort_runner(str(quantized_model(model)), model, "cpu", threads)
-    if name.startswith("openvino-bf16-split"):
+    if name in SPLIT_PARTS:
         from lensengine.engine.bf16split import split_input, split_model
 
-        parts = 2 if name.endswith("split2") else 3
+        parts = SPLIT_PARTS[name]
         path = split_model(model, _model_sha(model), cache_dir() / "runners", parts, lambda: calibration_inputs(model))
         run = _openvino_runner(str(path), "bf16", threads)
         return lambda x: run(split_input(x, parts))

@@ -134,9 +134,9 @@ def test_the_two_part_network_computes_what_the_original_does(tmp_path):
     is the three-part one without its third part)."""
     import onnxruntime as ort
 
+    from lensengine.engine.preprocess import Preprocessor
     from lensengine.engine.registry import resolve_models
     from lensengine.engine.runners import _synthetic_calibration_bands
-    from lensengine.engine.preprocess import Preprocessor
 
     model = resolve_models(None, ["OU-JYH"])[0]
     bands = _synthetic_calibration_bands(48, seed=99)  # other cutouts than the calibration's
