@@ -34,6 +34,7 @@ import numpy as np
 
 from lensengine.catalogs import _zarr_layout as layout
 from lensengine.catalogs._location import Location, as_location, is_url, location_key
+from lensengine.catalogs._shard_read import ShardLayout
 from lensengine.catalogs._zarr_layout import FORMAT_NAME, FORMAT_VERSION
 from lensengine.catalogs.vocabulary import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
 
@@ -432,6 +433,15 @@ class SurveyStore:
             self._array_cache[key] = self._tile(tile)[name]
         return self._array_cache[key]
 
+    def _direct(self, tile: str, name: str) -> "ShardLayout | None":
+        """How to read a sharded image array without zarr's threads (:mod:`._shard_read`), read-only mode only."""
+        if self.mode != "r" or name not in layout.IMAGE_SHAPES:
+            return None
+        key = (tile, name, "direct")
+        if key not in self._array_cache:
+            self._array_cache[key] = ShardLayout.of(self._array(tile, name))
+        return self._array_cache[key]
+
     def _arrays(self) -> list[str]:
         return layout.array_names(self.has_vis, self.has_nisp, self.truth_columns)
 
@@ -481,7 +491,13 @@ class SurveyStore:
         data = {}
         for name in names:
             try:
-                data[name] = self._array(tile, name)[start:stop]
+                direct = None if remote else self._direct(tile, name)
+                if direct is not None:  # a read-only local store: the shard file decoded in this thread
+                    ndim = 1 + len(direct.shape)
+                    path = layout.chunk_file(self.location.local, tile, name, index, ndim)
+                    data[name] = direct.read(path, index * direct.rows, start, stop)
+                else:
+                    data[name] = self._array(tile, name)[start:stop]
             except Exception as exc:  # noqa: BLE001 - any decoding failure of one chunk must not stop a run
                 raise ChunkReadError(tile, index, f"array {name!r}: {type(exc).__name__}: {exc}") from exc
         if remote:

@@ -102,13 +102,39 @@ def _resize_matrix32(n_in: int, n_out: int) -> np.ndarray:
     return resize_matrix(n_in, n_out).astype(np.float32)
 
 
+#: Output pixels per block of the banded resampling (:func:`_resize_blocks`); measured fastest of 8-50.
+RESIZE_BLOCK = 25
+
+
+@lru_cache(maxsize=None)
+def _resize_blocks(n_in: int, n_out: int) -> tuple[tuple[slice, slice, np.ndarray, np.ndarray], ...]:
+    """The resampling matrix cut into blocks of :data:`RESIZE_BLOCK` output pixels, each with only the input
+    pixels its weights reach: ``(outputs, inputs, A[outputs, inputs], A[outputs, inputs].T)``, contiguous.
+
+    The matrices are banded (bilinear enlarging: 2 weights per output pixel; anti-aliased shrinking 200 -> 66:
+    7-10), so a dense product multiplies mostly zeros; the blocks skip them (2.5-4x less work).
+    """
+    a = _resize_matrix32(n_in, n_out)
+    blocks = []
+    for i in range(0, n_out, RESIZE_BLOCK):
+        rows = slice(i, min(i + RESIZE_BLOCK, n_out))
+        used = np.flatnonzero(np.any(a[rows] != 0, axis=0))
+        cols = slice(int(used[0]), int(used[-1]) + 1) if used.size else slice(0, 0)
+        part = np.ascontiguousarray(a[rows, cols])
+        blocks.append((rows, cols, part, np.ascontiguousarray(part.T)))
+    return tuple(blocks)
+
+
 def resize_batch(images: np.ndarray, size: int, buffers: BufferPool | None = None) -> np.ndarray:
     """Resample square images (..., n, n) to (..., size, size) with :func:`resize_matrix` on both axes.
 
     ``buffers`` (a :class:`~lensengine.engine.buffers.BufferPool`) gives the
     intermediate and the result arrays (the same values as new ones).
 
-    The products run on one BLAS thread: a threaded float32 GEMM sums in an
+    The products are taken block by block over the matrix's band
+    (:func:`_resize_blocks`): the same sums as the dense product without its
+    zero terms, equal to it within float32 rounding (a few units in the last
+    place).  They run on one BLAS thread: a threaded float32 GEMM sums in an
     order that depends on the thread count, and Dask workers run BLAS on one
     thread while an interactive process uses every core, so without this the
     same cutout would reach a network with different last bits in ``lensengine
@@ -120,13 +146,19 @@ def resize_batch(images: np.ndarray, size: int, buffers: BufferPool | None = Non
         raise ValueError(f"expected square images, got shape {images.shape}")
     if n == size:
         return images.astype(np.float32, copy=False)
-    a = _resize_matrix32(n, size)
     x = images.astype(np.float32, copy=False)
     lead = x.shape[:-2]
-    half = buffers.empty((*lead, size, n)) if buffers is not None else None
-    out = buffers.empty((*lead, size, size)) if buffers is not None else None
+    half = buffers.empty((*lead, size, n)) if buffers is not None else np.empty((*lead, size, n), np.float32)
+    out = buffers.empty((*lead, size, size)) if buffers is not None else np.empty((*lead, size, size), np.float32)
+    blocks = _resize_blocks(n, size)
+    # image by image (NumPy's stacked products), never one tall product over the batch: BLAS picks its kernel
+    # by the matrices' sizes, and an image's result must not depend on how many others share its batch
     with _blas().limit(limits=1, user_api="blas"):
-        return np.matmul(np.matmul(a, x, out=half), a.T, out=out)
+        for rows, cols, part, _ in blocks:  # half = A @ x: a block of output rows from the input rows it reads
+            np.matmul(part, x[..., cols, :], out=half[..., rows, :])
+        for rows, cols, _, part_t in blocks:  # out = half @ A.T: a block of output columns
+            np.matmul(half[..., cols], part_t, out=out[..., rows])
+    return out
 
 
 def minmax_batch(images: np.ndarray, overwrite: bool = False,

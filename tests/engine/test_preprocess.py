@@ -119,3 +119,32 @@ def test_missing_band_and_wrong_shape(rng):
     assert clean["J"].shape == (n, 66, 66)
     batch = Preprocessor([MODEL_SPECS["OU-VIS"], MODEL_SPECS["OU-JYH"]])(bands)
     assert batch.usable["OU-VIS"].all() and not batch.usable["OU-JYH"].any()
+
+
+@pytest.mark.parametrize("n_in,n_out", [(200, 66), (66, 200), (50, 20), (20, 50), (7, 130)])
+def test_banded_resampling_is_the_dense_product(rng, n_in, n_out):
+    """The blocks hold every nonzero weight of the matrix, and the banded products equal the dense ones within
+    float32 rounding (they differ only by the zero terms the dense product adds)."""
+    from lensengine.engine.preprocess import _resize_blocks, _resize_matrix32
+
+    a = _resize_matrix32(n_in, n_out)
+    rebuilt = np.zeros_like(a)
+    for rows, cols, part, part_t in _resize_blocks(n_in, n_out):
+        assert part.flags.c_contiguous and part_t.flags.c_contiguous
+        np.testing.assert_array_equal(part_t, part.T)
+        rebuilt[rows, cols] = part
+    np.testing.assert_array_equal(rebuilt, a)
+    images = rng.normal(size=(3, 2, n_in, n_in)).astype(np.float32)
+    dense = np.matmul(np.matmul(a.astype(np.float64), images), a.T.astype(np.float64))
+    got = resize_batch(images, n_out)
+    assert got.shape == (3, 2, n_out, n_out) and got.dtype == np.float32
+    np.testing.assert_allclose(got, dense, rtol=0, atol=8 * np.spacing(np.float32(np.abs(dense).max())))
+    padded = np.zeros((3, 2, n_in, n_in + 3), np.float32)
+    padded[..., :n_in] = images
+    np.testing.assert_array_equal(resize_batch(padded[..., :n_in], n_out), got)  # a strided view: the same
+    assert resize_batch(images[:0], n_out).shape == (0, 2, n_out, n_out)
+    # an image's result does not depend on its batch (BLAS chooses kernels by size): bit for bit alone
+    many = rng.normal(size=(40, n_in, n_in)).astype(np.float32)
+    together = resize_batch(many, n_out)
+    for i in (0, 17, 39):
+        assert resize_batch(many[i:i + 1], n_out).tobytes() == together[i:i + 1].tobytes()

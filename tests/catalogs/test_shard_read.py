@@ -1,0 +1,108 @@
+"""The direct shard reader (catalogs/_shard_read.py) against zarr's own read of the same store."""
+
+import numpy as np
+import pytest
+
+from lensengine.catalogs._shard_read import SWITCH, ShardLayout
+from lensengine.catalogs.store import ChunkReadError, CutoutBatch, SurveyStore
+
+from .conftest import make_batch
+
+
+@pytest.fixture
+def sharded(tmp_path, rng):
+    """100 cutouts in shards of 64 with inner chunks of 32: two shards, the last one partly written."""
+    store = SurveyStore.create(tmp_path / "s.zarr", survey="test", chunk_size=64, truth_columns={"label": "int8"})
+    batches = [make_batch(rng, 70), make_batch(rng, 30, start=70)]
+    for b in batches:
+        store.append("t0", b)
+    return store.path, CutoutBatch.concatenate(batches)
+
+
+def _shard(path, name, index):
+    ndim = 3 if name == "vis" else 4
+    return path / "tiles" / "t0" / name / "c" / str(index) / "/".join(["0"] * (ndim - 1))
+
+
+def test_the_store_layout_is_read_directly(sharded, monkeypatch):
+    path, _ = sharded
+    store = SurveyStore.open(path)
+    vis, nisp = store._direct("t0", "vis"), store._direct("t0", "nisp")
+    assert vis == ShardLayout(rows=64, inner=32, shape=(200, 200), fill=vis.fill) and np.isnan(vis.fill)
+    assert nisp.shape == (3, 66, 66) and nisp.inner == 32
+    assert store._direct("t0", "object_id") is None  # not an image array: zarr reads it
+    assert ShardLayout.of(store._array("t0", "object_id")) is None  # not sharded
+    monkeypatch.setenv(SWITCH, "off")
+    assert ShardLayout.of(store._array("t0", "vis")) is None
+    assert SurveyStore.open(path, mode="a")._direct("t0", "vis") is None  # a store being written: zarr
+
+
+@pytest.mark.parametrize("start,stop", [(0, 100), (0, 5), (30, 34), (31, 97), (64, 100), (96, 100), (40, 40), (63, 65)])
+def test_direct_reads_equal_zarr_and_the_written_cutouts(sharded, monkeypatch, start, stop):
+    path, expected = sharded
+    direct = SurveyStore.open(path).read("t0", start, stop)
+    monkeypatch.setenv(SWITCH, "off")
+    through_zarr = SurveyStore.open(path).read("t0", start, stop)
+    for name in ("vis", "nisp"):
+        got, want = getattr(direct, name), getattr(through_zarr, name)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+        np.testing.assert_array_equal(got, getattr(expected, name)[start:stop])
+
+
+def test_a_lossy_store_reads_the_same(tmp_path, rng, monkeypatch):
+    store = SurveyStore.create(tmp_path / "l.zarr", survey="test", chunk_size=64, codec="lossy")
+    store.append("t0", make_batch(rng, 50, truth=False))
+    direct = SurveyStore.open(store.path).read("t0", 3, 50)
+    monkeypatch.setenv(SWITCH, "off")
+    np.testing.assert_array_equal(direct.vis, SurveyStore.open(store.path).read("t0", 3, 50).vis)
+
+
+def _flip(path, offset_from_end):
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_index_is_a_chunk_read_error(sharded):
+    path, _ = sharded
+    _flip(_shard(path, "vis", 1), 10)  # inside the index: its checksum no longer matches
+    store = SurveyStore.open(path)
+    with pytest.raises(ChunkReadError, match="checksum") as info:
+        store.read("t0", 70, 80)
+    assert info.value.index == 1 and "vis" in info.value.reason
+    assert len(store.read("t0", 0, 64)) == 64  # the other shard still reads
+
+
+def test_damaged_or_short_data_is_a_chunk_read_error(sharded):
+    path, _ = sharded
+    shard = _shard(path, "nisp", 0)
+    data = bytearray(shard.read_bytes())
+    data[20:2000] = b"\0" * 1980  # the first inner chunk's Blosc stream
+    shard.write_bytes(bytes(data))
+    store = SurveyStore.open(path)
+    with pytest.raises(ChunkReadError, match="nisp"):
+        store.read("t0", 0, 10)
+    _shard(path, "vis", 1).write_bytes(b"garbage")  # shorter than its index
+    with pytest.raises(ChunkReadError, match="cannot hold its"):
+        store.read("t0", 64, 70)
+
+
+def test_an_absent_inner_chunk_reads_as_the_fill_value_as_in_zarr(sharded, monkeypatch):
+    """zarr reads an inner chunk the shard's index marks absent as fill values (NaN for images); so does this."""
+    import google_crc32c
+
+    path, expected = sharded
+    shard = _shard(path, "vis", 0)
+    data = bytearray(shard.read_bytes())
+    n_inner = 2
+    index = np.frombuffer(bytes(data[-(16 * n_inner + 4):-4]), "<u8").reshape(n_inner, 2).copy()
+    index[1] = 2**64 - 1  # rows 32-63 absent
+    raw = index.tobytes()
+    data[-(16 * n_inner + 4):] = raw + google_crc32c.value(raw).to_bytes(4, "little")
+    shard.write_bytes(bytes(data))
+    direct = SurveyStore.open(path).read("t0", 20, 40).vis
+    monkeypatch.setenv(SWITCH, "off")
+    np.testing.assert_array_equal(direct, SurveyStore.open(path).read("t0", 20, 40).vis)
+    np.testing.assert_array_equal(direct[:12], expected.vis[20:32])
+    assert np.isnan(direct[12:]).all()
