@@ -16,7 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
+from numcodecs import blosc
 
 #: Offset and length of an inner chunk the shard does not hold (zarr's sharding specification).
 _ABSENT = 2**64 - 1
@@ -47,12 +49,10 @@ class ShardLayout:
             if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
                 return None
             shard = codecs[0]
-            little = {"little", None}
             inside = [type(c) for c in shard.codecs]
             index = [type(c) for c in shard.index_codecs]
             if (inside != [BytesCodec, BloscCodec] or index != [BytesCodec, Crc32cCodec]
-                    or getattr(shard.codecs[0].endian, "value", shard.codecs[0].endian) not in little
-                    or getattr(shard.index_codecs[0].endian, "value", shard.index_codecs[0].endian) not in little
+                    or not _little_endian(shard.codecs[0]) or not _little_endian(shard.index_codecs[0])
                     or shard.index_location != ShardingCodecIndexLocation.end):
                 return None
             outer = tuple(meta.chunk_grid.chunk_shape)
@@ -69,9 +69,6 @@ class ShardLayout:
         Raises ``ValueError`` or ``RuntimeError`` naming what is wrong: a file too short for its index, an
         index whose checksum does not match, an inner chunk that does not decode to its size.
         """
-        import google_crc32c
-        from numcodecs import blosc
-
         n_inner = self.rows // self.inner
         out = np.empty((stop - start, *self.shape), np.float32)
         if stop <= start:
@@ -108,3 +105,9 @@ class ShardLayout:
                 if not whole:
                     dest[...] = target[a - j * self.inner:b - j * self.inner]
         return out
+
+
+def _little_endian(codec) -> bool:
+    """Whether a zarr ``bytes`` codec stores little-endian (or leaves the order unset, as for one-byte types)."""
+    endian = getattr(codec.endian, "value", codec.endian)
+    return endian in ("little", None)

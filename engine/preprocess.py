@@ -29,7 +29,7 @@ CONSTANT_BAND nor cast to inf and called NONFINITE.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 
 import numpy as np
@@ -148,8 +148,8 @@ def resize_batch(images: np.ndarray, size: int, buffers: BufferPool | None = Non
         return images.astype(np.float32, copy=False)
     x = images.astype(np.float32, copy=False)
     lead = x.shape[:-2]
-    half = buffers.empty((*lead, size, n)) if buffers is not None else np.empty((*lead, size, n), np.float32)
-    out = buffers.empty((*lead, size, size)) if buffers is not None else np.empty((*lead, size, size), np.float32)
+    new = buffers.empty if buffers is not None else partial(np.empty, dtype=np.float32)
+    half, out = new((*lead, size, n)), new((*lead, size, size))
     blocks = _resize_blocks(n, size)
     # image by image (NumPy's stacked products), never one tall product over the batch: BLAS picks its kernel
     # by the matrices' sizes, and an image's result must not depend on how many others share its batch
