@@ -343,6 +343,7 @@ def _openvino_runner(path: str, hint: str, threads: int) -> Runner:
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = ov.Core().compile_model(path, "CPU", config)
+    _first_inference(compiled)
     local = threading.local()
 
     def run(x):
@@ -352,6 +353,25 @@ def _openvino_runner(path: str, hint: str, threads: int) -> Runner:
         return np.array(req.infer({0: x})[0], dtype=np.float32, copy=True)
 
     return run
+
+
+def _first_inference(compiled) -> None:
+    """Run ``compiled`` once on one zero input, in the thread that built it, before any lane calls it.
+
+    OpenVINO's Python binding initialises C++ function-local statics on its first inference, and one
+    of those initialisers waits for the GIL while holding the static's guard.  Two lanes making their
+    first calls at once could then deadlock: one holds the guard and waits for the GIL, the other
+    holds the GIL and waits for the guard.  A worker stopped that way uses no CPU until Dask's
+    ``worker-ttl`` replaces it (a run took 620 s instead of 15, stop 35; a stalled worker caught with
+    ``py-spy dump --native`` in stop 37 showed exactly that).  With a 1-µs GIL switch interval and a busy
+    Python thread, 11 of 12 fresh processes making three first calls at once hung; after one call in one
+    thread the statics exist, and none of 12 did (``tests/engine/test_runners.py``).
+    """
+    import numpy as np
+
+    port = compiled.input(0)
+    shape = [1 if dim.is_dynamic else dim.get_length() for dim in port.get_partial_shape()]
+    compiled.create_infer_request().infer({0: np.zeros(shape, port.get_element_type().to_dtype())})
 
 
 def build_runner(model, runner: str, device: str = "auto", threads: int = 0) -> Runner:

@@ -185,6 +185,63 @@ def test_the_int8_copy_is_made_once_and_reused(shipped):
     assert first.parent == runners.cache_dir() / "runners" and shipped["OU-J"].sha256[:20] in first.name
 
 
+_FIRST_CALLS_AT_ONCE = """
+import sys, threading
+import numpy as np
+from lensengine.engine.registry import resolve_models
+from lensengine.engine.scoring import make_runner
+
+models = resolve_models(None, ["OU-J", "OU-Y", "OU-H"])
+run = [make_runner(m, "openvino-fp32", "cpu", 1) for m in models]
+sys.setswitchinterval(1e-6)  # the GIL changes hands as often as it can, with a Python thread always asking
+busy = True
+def spin():
+    while busy:
+        sum(range(100))
+threading.Thread(target=spin, daemon=True).start()
+start = threading.Barrier(len(run))
+def first_call(r):
+    start.wait()
+    r(np.zeros((8, 1, 66, 66), np.float32))
+lanes = [threading.Thread(target=first_call, args=(r,)) for r in run]
+[t.start() for t in lanes]
+[t.join() for t in lanes]
+busy = False
+print("scored")
+"""
+
+
+def test_lanes_making_their_first_openvino_calls_at_once_do_not_deadlock(tmp_path):
+    """Three OpenVINO runners called for the first time at once, from three threads, in fresh processes whose
+    GIL changes hands every microsecond.  Without the first inference at build time (``_first_inference``)
+    11 of 12 such processes hung for good (a C++ static's guard against the GIL); with it none does."""
+    import subprocess
+    import sys
+
+    if runners.runner_problem("openvino-fp32", resolve_one("OU-J"), "cpu"):
+        pytest.skip(runners.runner_problem("openvino-fp32", resolve_one("OU-J"), "cpu"))
+    env = {**os.environ, "LENSENGINE_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_CALLS_AT_ONCE], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    hung = 0
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            hung += 1
+            continue
+        assert proc.returncode == 0 and "scored" in out, err[-2000:]
+    assert hung == 0, f"{hung} of {len(procs)} processes hung in their first OpenVINO calls"
+
+
+def resolve_one(name: str):
+    from lensengine.engine.registry import resolve_models
+
+    return resolve_models(None, [name])[0]
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags", [["--runner", "auto"], []], ids=["runner-auto", "default"])
