@@ -211,15 +211,16 @@ print("scored")
 """
 
 
-def test_lanes_making_their_first_openvino_calls_at_once_do_not_deadlock(tmp_path):
+def test_lanes_making_their_first_openvino_calls_at_once_do_not_deadlock(tmp_path, shipped):
     """Three OpenVINO runners called for the first time at once, from three threads, in fresh processes whose
     GIL changes hands every microsecond.  Without the first inference at build time (``_first_inference``)
     11 of 12 such processes hung for good (a C++ static's guard against the GIL); with it none does."""
     import subprocess
     import sys
 
-    if runners.runner_problem("openvino-fp32", resolve_one("OU-J"), "cpu"):
-        pytest.skip(runners.runner_problem("openvino-fp32", resolve_one("OU-J"), "cpu"))
+    problem = runners.runner_problem("openvino-fp32", shipped["OU-J"], "cpu")
+    if problem:
+        pytest.skip(problem)
     env = {**os.environ, "LENSENGINE_CACHE": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-c", _FIRST_CALLS_AT_ONCE], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
@@ -234,12 +235,6 @@ def test_lanes_making_their_first_openvino_calls_at_once_do_not_deadlock(tmp_pat
             continue
         assert proc.returncode == 0 and "scored" in out, err[-2000:]
     assert hung == 0, f"{hung} of {len(procs)} processes hung in their first OpenVINO calls"
-
-
-def resolve_one(name: str):
-    from lensengine.engine.registry import resolve_models
-
-    return resolve_models(None, [name])[0]
 
 
 # --- the run -----------------------------------------------------------------------------------
