@@ -14,12 +14,17 @@ not fit is recorded as skipped, never silently dropped):
    folder), each with a batch sweep: img/s per batch size and max |ΔP|
    against ONNX Runtime fp32 on the CPU on a fixed set of cutouts;
 4. per model, torch on CUDA in bf16 autocast, channels-last (eager; with
-   ``--compile`` also ``torch.compile``), the same sweep and |ΔP|;
-5. end to end: ``lensengine run`` (the real engine: Dask, store reads,
+   ``--compile OU-200,...`` also ``torch.compile`` for those models), the same sweep and |ΔP|;
+5. the seven networks one after another on 4 096 cutouts in the engine's GPU
+   call sizes: the ensemble's model-only rate, measured directly;
+6. end to end: ``lensengine run`` (the real engine: Dask, store reads,
    preprocessing, catalogue) on the store with ``--device cuda`` and the best
    batch size of step 3, for one and for ``--workers`` workers; the ratio to
    the model-only bound of the full ensemble (step 3's best rates), and
    the goal (20 000 cutouts/s for the full ensemble on one H200).
+
+The JSON is rewritten after each section, so a call cut short keeps what it
+measured.  Measured on one H200 in stop 38: docs/performance.md, "The GPU benchmark".
 
 It needs no network: the store is generated here (survey-like noise with a
 source; throughput does not depend on content) unless ``--tiles`` names one.
@@ -98,6 +103,15 @@ def machine(dry_run: bool) -> dict:
     from lensengine.engine.sessions import gpu_available
 
     info["gpu_available"] = gpu_available()
+    if info["gpu_available"]:
+        import subprocess
+
+        query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"]
+        try:
+            info["nvidia_smi"] = subprocess.run(query, capture_output=True, text=True, timeout=20,
+                                                check=False).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as exc:
+            info["nvidia_smi"] = f"not run: {exc}"
     return info
 
 
@@ -188,18 +202,22 @@ def ort_section(entries, inputs, reference, providers_list, batches, box, per_po
     return results
 
 
-def torch_section(entries, inputs, reference, device: str, batches, box, per_point_s, compile_too: bool) -> dict:
-    """torch bf16 autocast, channels-last, per model (eager, and compiled with ``compile_too``)."""
+def torch_section(entries, inputs, reference, device: str, batches, box, per_point_s, compile_models=(),
+                  compile_batches=(256,)) -> dict:
+    """torch bf16 autocast, channels-last, per model: eager, and ``torch.compile`` for ``compile_models`` (each
+    batch size compiles anew, so those sweep ``compile_batches`` only)."""
     import torch
 
     from lensengine.training.export import load_torch_model
     from lensengine.training.networks import p_lens
 
-    modes = ["eager", "compile"] if compile_too else ["eager"]
+    modes = ["eager", "compile"] if compile_models else ["eager"]
     sync = torch.cuda.synchronize if device == "cuda" else None
     results = {m: {} for m in modes}
     for mode in modes:
         for e in entries:
+            if mode == "compile" and e.name not in compile_models:
+                continue
             if box.over(reserve=60):
                 results[mode][e.name] = {"skipped": "time box"}
                 continue
@@ -221,7 +239,8 @@ def torch_section(entries, inputs, reference, device: str, batches, box, per_poi
                 results[mode][e.name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 continue
             setup = time.perf_counter() - t0
-            points = sweep(run, inputs[e.name], batches, box, per_point_s, sync)
+            points = sweep(run, inputs[e.name], list(compile_batches) if mode == "compile" else batches, box,
+                           per_point_s, sync)
             b, rate = _best(points)
             results[mode][e.name] = {"setup_s": setup, "max_delta_p": float(np.abs(p - reference[e.name]).max()),
                                      "sweep": points, "best_batch": b, "best_img_s": rate}
@@ -229,6 +248,40 @@ def torch_section(entries, inputs, reference, device: str, batches, box, per_poi
             if device == "cuda":
                 torch.cuda.empty_cache()
     return results
+
+
+def ensemble_chain(entries, inputs, device: str, batch: int, box: TimeBox, seconds: float) -> dict:
+    """The networks one after another on the same ``batch`` cutouts, each in calls of the engine's GPU size
+    (:data:`~lensengine.engine.scoring.GPU_CALL_PIXELS`): cutouts/s.
+
+    This is the model-only bound of the full ensemble measured directly (the sweeps give it per model).
+    """
+    import onnxruntime as ort
+
+    from lensengine.engine.scoring import GPU_CALL_PIXELS, call_size
+    from lensengine.engine.sessions import choose_providers
+
+    if box.over(reserve=60):
+        return {"skipped": "time box"}
+    sessions = {e.name: ort.InferenceSession(str(e.path), providers=choose_providers(device)) for e in entries}
+    xs = {e.name: np.ascontiguousarray(np.resize(inputs[e.name], (batch, *inputs[e.name].shape[1:])))
+          for e in entries}
+    calls_of = {e.name: call_size(xs[e.name].shape, batch, call_pixels=GPU_CALL_PIXELS) for e in entries}
+
+    def once():
+        for e in entries:
+            x, size = xs[e.name], calls_of[e.name]
+            for lo in range(0, batch, size):
+                sessions[e.name].run(["p_lens"], {"cutout": x[lo:lo + size]})
+
+    once()
+    calls, t0 = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - t0 < seconds:
+        once()
+        calls += 1
+    dt = time.perf_counter() - t0
+    return {"batch": batch, "call_sizes": calls_of, "calls": calls, "seconds": dt,
+            "cutouts_per_s": calls * batch / dt}
 
 
 def end_to_end(store: Path, entries, models_dir, device: str, batch: int, workers: list[int], box: TimeBox,
@@ -249,11 +302,14 @@ def end_to_end(store: Path, entries, models_dir, device: str, batch: int, worker
         try:
             summary = execute_run(opts)
         except Exception as exc:  # noqa: BLE001
-            out[str(w)] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            out[str(w)] = {"error": f"{type(exc).__name__}: {str(exc)[:3000]}"}  # whole: a cut one hid a cause
+            print(f"end to end, {w} worker(s): failed: {out[str(w)]['error']}", flush=True)
             continue
         wall = time.perf_counter() - t0
         out[str(w)] = {"cutouts": summary.n_cutouts, "wall_s": wall, "cutouts_per_s": summary.n_cutouts / wall,
                        "scoring_s": summary.seconds, "scoring_rate": summary.rate, "providers": summary.providers}
+        print(f"end to end, {w} worker(s): {summary.n_cutouts} cutouts in {wall:.1f} s = "
+              f"{summary.n_cutouts / wall:.0f}/s (scoring {summary.rate:.0f}/s)", flush=True)
     return out
 
 
@@ -267,7 +323,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", action="append", default=None, help="only this model (repeatable)")
     ap.add_argument("--batches", default=None, help="batch sweep [64,256,1024,4096; dry-run 4,8]")
     ap.add_argument("--workers", default=None, help="end-to-end worker counts [1,4; dry-run 1]")
-    ap.add_argument("--compile", action="store_true", help="also torch.compile the torch runs")
+    ap.add_argument("--compile", default="", help="also torch.compile these models (comma list, e.g. OU-200)")
+    ap.add_argument("--compile-batches", default="256", help="batch sizes of the compiled runs [256]")
     ap.add_argument("--time-box", type=float, default=None, help="seconds for everything [420; dry-run 120]")
     ap.add_argument("--per-point", type=float, default=None, help="seconds per sweep point [1.0; dry-run 0.05]")
     ap.add_argument("--json", type=Path, default=RESULTS)
@@ -286,10 +343,18 @@ def main(argv=None) -> int:
 
     report: dict = {"machine": machine(dry), "settings": {"n": n, "chunk": chunk, "batches": batches,
                                                           "workers": workers, "time_box_s": box.seconds}}
-    gpu = report["machine"]["gpu_available"] and "CUDAExecutionProvider" in report["machine"].get("ort_providers", [])
-    if not dry and not gpu:
-        ap.error("no usable CUDA GPU here (ONNX Runtime CUDA provider and driver); use --dry-run on a CPU")
+    ort_cuda = report["machine"]["gpu_available"] and "CUDAExecutionProvider" in report["machine"].get(
+        "ort_providers", [])
+    torch_cuda = bool(report["machine"].get("cuda"))
+    if not dry and not (ort_cuda or torch_cuda):
+        ap.error("no usable CUDA GPU here (neither ONNX Runtime's CUDA provider nor torch sees one); "
+                 "use --dry-run on a CPU")
     device = "cpu" if dry else "cuda"
+
+    def save():
+        report["seconds"] = time.perf_counter() - box.t0
+        args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+
     entries = resolve_models(args.models, args.model)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp_name:
         tmp = Path(tmp_name)
@@ -298,7 +363,7 @@ def main(argv=None) -> int:
         report["store"] = {"path": str(store), "generated": args.tiles is None, "seconds": time.perf_counter() - t0}
         print(f"store ready in {report['store']['seconds']:.1f} s", flush=True)
 
-        report["read"] = read_rate(store, box, limit_s=30 if not dry else 5)
+        report["read"] = read_rate(store, box, limit_s=10 if not dry else 5)
         print(f"zarr read: {report['read']['gb_per_s']:.2f} GB/s ({report['read']['cutouts_per_s']:.0f} cutouts/s)",
               flush=True)
 
@@ -316,8 +381,14 @@ def main(argv=None) -> int:
             sess = ort.InferenceSession(str(e.path), providers=["CPUExecutionProvider"])
             reference[e.name] = sess.run(["p_lens"], {"cutout": inputs[e.name]})[0].reshape(-1)
 
+        save()
         if dry:
             providers_list = [("cpu-standing-in-for-cuda", ["CPUExecutionProvider"])]
+        elif not ort_cuda:
+            providers_list = []
+            report["ort_cuda"] = (f"ONNX Runtime's CUDA provider is not usable here (providers "
+                                  f"{report['machine'].get('ort_providers')}): its sections and the end-to-end "
+                                  "runs skipped; install onnxruntime-gpu built for this CUDA")
         else:
             providers_list = [("cuda", choose_providers("cuda"))]
             trt = choose_providers("auto")
@@ -332,12 +403,25 @@ def main(argv=None) -> int:
                 print(f"ort {label:24s} {name:7s} " + (f"best {r['best_img_s']:9.0f} img/s at batch "
                       f"{r['best_batch']}, max|dP| {r['max_delta_p']:.1e}" if "best_img_s" in r else str(r)),
                       flush=True)
+        save()
 
         try:
-            report["torch_bf16"] = torch_section(entries, inputs, reference, device, batches, box, per_point,
-                                                 args.compile)
+            report["torch_bf16"] = torch_section(
+                entries, inputs, reference, device, batches, box, per_point,
+                [m for m in args.compile.split(",") if m], [int(b) for b in args.compile_batches.split(",")])
         except ImportError as exc:
             report["torch_bf16"] = {"skipped": f"torch not installed ({exc})"}
+        for mode, per_model in report["torch_bf16"].items():
+            for name, r in (per_model.items() if isinstance(per_model, dict) else []):
+                print(f"torch bf16 {mode:18s} {name:7s} " + (f"best {r['best_img_s']:9.0f} img/s at batch "
+                      f"{r['best_batch']}, max|dP| {r['max_delta_p']:.1e}" if "best_img_s" in r else str(r)),
+                      flush=True)
+        save()
+        if not providers_list:
+            report["seconds"] = time.perf_counter() - box.t0
+            save()
+            print(f"no ONNX Runtime CUDA provider: torch only; {report['seconds']:.0f} s; wrote {args.json}")
+            return 0
 
         # the model-only bound of the full ensemble: each model at its best batch, one after another
         best = report["ort"][providers_list[0][0]]
@@ -345,13 +429,19 @@ def main(argv=None) -> int:
         bound = 1 / sum(1 / r for r in rates) if rates and all(rates) else 0.0
         batch = max((r.get("best_batch", 0) for r in best.values()), default=0) or batches[0]
         report["ensemble_model_only_cutouts_per_s"] = bound
+        report["ensemble_chain"] = ensemble_chain(entries, inputs, device, 16 if dry else 4096, box,
+                                                  per_point * 3)
+        chain = report["ensemble_chain"]
+        print(f"ensemble: bound from the sweeps {bound:.0f} cutouts/s; the seven one after another on "
+              f"{chain.get('batch')} cutouts in the engine's GPU calls ({chain.get('call_sizes')}): "
+              f"{chain.get('cutouts_per_s', float('nan')):.0f} cutouts/s", flush=True)
+        save()
         report["end_to_end"] = end_to_end(store, entries, args.models, device, batch, workers, box, tmp)
-        for w, r in report["end_to_end"].items():
+        for r in report["end_to_end"].values():
             if "cutouts_per_s" in r:
                 r["of_model_only_bound"] = r["cutouts_per_s"] / bound if bound else None
         report["goal_cutouts_per_s"] = GOAL_CUTOUTS_PER_S
-    report["seconds"] = time.perf_counter() - box.t0
-    args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    save()
     print(f"full ensemble model-only bound {bound:.0f} cutouts/s; end to end "
           + ", ".join(f"{w} worker(s) {r.get('cutouts_per_s', float('nan')):.0f}/s"
                       for w, r in report["end_to_end"].items())

@@ -176,6 +176,12 @@ PREFETCH_DEPTH = 2
 #: (docs/performance.md, "Stop 31").  A cutout's score does not depend on its call.  Not on a GPU, which wants
 #: large calls.
 CPU_CALL_PIXELS = 16 * 200 * 200
+#: The same cap on a GPU: 64 cutouts of the 200-px networks, 587 of the 66-px ones.  On one H200 (ONNX Runtime
+#: CUDA, fp32) OU-200 scored 6 100 img/s in calls of 64, 4 500 in calls of 1 024, and failed in calls of 4 096
+#: (cuDNN refuses a tensor that large); OU-VIS 15 200 / 6 000; the 66-px networks peak at 256-1 024 (70 000-
+#: 115 000 img/s).  Calls of 1 024 also made four workers' per-session GPU arenas run out of the card's memory
+#: (docs/performance.md, "Stop 38").
+GPU_CALL_PIXELS = 64 * 200 * 200
 _DONE = object()
 
 
@@ -531,7 +537,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
         runners = {m.name: make_runner(m, task.precision, task.device, task.threads) for m in task.models}
         scored = _score_sub_batches(_store_sub_batches(store, task, read), n, task.models, _ensemble(task.ensemble),
                                     runners=runners, cascade=task.cascade, lanes=task.lanes,
-                                    call_pixels=0 if _on_gpu(task.device) else CPU_CALL_PIXELS)
+                                    call_pixels=GPU_CALL_PIXELS if _on_gpu(task.device) else CPU_CALL_PIXELS)
     except ChunkReadError as exc:
         log.warning("unreadable chunk: %s", exc)
         rows.update(_index_rows(store, task), FLAGS=np.full(n, np.uint32(Flag.UNREADABLE), np.uint32),

@@ -116,7 +116,8 @@ def _recorded(models, calls):
 
 def test_200px_calls_are_capped_on_the_cpu_with_the_same_scores(batch, tiny_models, monkeypatch):
     """CPU calls hold at most CPU_CALL_PIXELS stamp pixels (the 200-px networks' memory, docs/performance.md);
-    every cutout scores exactly as in whole-sub-batch calls, and a run on a GPU keeps whole calls."""
+    every cutout scores exactly as in whole-sub-batch calls; on a GPU the cap is GPU_CALL_PIXELS (64 cutouts of
+    200 px, 587 of 66 px: the sizes the H200 measured best, docs/performance.md "Stop 38")."""
     from lensengine.engine import scoring
 
     models = discover_models(tiny_models)
@@ -132,7 +133,9 @@ def test_200px_calls_are_capped_on_the_cpu_with_the_same_scores(batch, tiny_mode
     whole = score_batch(batch, models, MeanEnsemble(), runners=_recorded(models, calls), batch_size=32, call_pixels=0)
     assert len(sizes("OU-VIS")) == 2 and max(sizes("OU-VIS")) > 16
     _assert_same(capped, whole)
-    # score_chunk (run, evaluate) caps on the CPU, not where the networks run on a GPU
+    assert scoring.call_size((4096, 1, 200, 200), 4096, call_pixels=scoring.GPU_CALL_PIXELS) == 64
+    assert scoring.call_size((4096, 3, 66, 66), 4096, call_pixels=scoring.GPU_CALL_PIXELS) == 587
+    # score_chunk (run, evaluate) takes the GPU cap where the networks run on a GPU, the CPU one elsewhere
     assert scoring._on_gpu("cpu") is False and scoring._on_gpu("cuda") and scoring._on_gpu("tensorrt")
     monkeypatch.setattr(scoring, "_gpu_here", lambda: True)
     assert scoring._on_gpu("auto") and not scoring._on_gpu("cpu")
