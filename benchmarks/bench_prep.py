@@ -104,18 +104,29 @@ def bench_resize(repeat: int) -> dict:
     return out
 
 
-def bench_preprocess(path: Path, models_dir: Path, n: int, repeat: int) -> float:
+def bench_preprocess(path: Path, models_dir: Path, n: int, repeat: int, size: int = 32) -> float:
+    """Best-of-``repeat`` ms CPU per cutout of preprocessing ``n`` cutouts in sub-batches of ``size``."""
+    return preprocess_rounds(path, models_dir, n, repeat, size)[0]
+
+
+def preprocess_rounds(path: Path, models_dir: Path, n: int, repeat: int, size: int = 32) -> list[float]:
+    """ms CPU per cutout of each of ``repeat`` rounds (sorted), ``n`` cutouts in sub-batches of ``size``."""
     store = SurveyStore.open(path)
     batch = store.read(store.tiles[0], 0, n)
     prep = preprocessor_for(tuple(resolve_models(str(models_dir))))
-    subs = list(_sub_batches(batch, 0, 32))
+    subs = list(_sub_batches(batch, 0, size))
 
     def run():
         kept = []
         for lo, hi, bands, _ in subs:
             kept = [*kept[-2:], prep(bands, hi - lo)]  # three alive at a time, as in a run
 
-    return cpu_per_cutout(run, n, repeat)
+    rounds = []
+    for _ in range(repeat):
+        c0 = time.process_time()
+        run()
+        rounds.append(1e3 * (time.process_time() - c0) / n)
+    return sorted(rounds)
 
 
 def main() -> None:
@@ -125,6 +136,9 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1024, help="cutouts read and preprocessed (default 1024)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--sub-batches", default="",
+                    help="also preprocess in sub-batches of these sizes (comma list, e.g. 32,256,1024): the CPU "
+                         "side of --batch-size (a GPU run's sub-batches)")
     args = ap.parse_args()
     n = min(args.n, SurveyStore.open(args.tiles).n_cutouts(SurveyStore.open(args.tiles).tiles[0]))
     res = {"cpu_count": os.cpu_count(), "cutouts": n, "read": bench_read(args.tiles, n, args.repeat),
@@ -139,6 +153,14 @@ def main() -> None:
         print(f"resample {key} (32 cutouts, one plane), ms CPU per cutout: banded {v['banded_ms']:.4f}, dense "
               f"{v['dense_ms']:.4f} ({v['dense_ms'] / v['banded_ms']:.2f}x); max difference {v['max_ulps']:.0f} ulp")
     print(f"preprocessing for the seven networks: {res['preprocess_ms']:.3f} ms CPU per cutout")
+    sizes = [int(v) for v in args.sub_batches.split(",") if v]
+    if sizes:
+        res["preprocess_by_sub_batch"] = {}
+        print("preprocessing by sub-batch size, ms CPU per cutout over the rounds (best / median / worst):")
+    for size in sizes:
+        rounds = preprocess_rounds(args.tiles, args.models, n, args.repeat, size)
+        res["preprocess_by_sub_batch"][str(size)] = rounds
+        print(f"  {size:5d}: {rounds[0]:.3f} / {rounds[len(rounds) // 2]:.3f} / {rounds[-1]:.3f}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
 

@@ -17,9 +17,12 @@ log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted — resume with --resume"
 
 
-#: --batch-size and --workers when not given (engine defaults on the CPU; on a GPU as measured on one H200 in stop
-#: 38: 1 024-cutout sub-batches, 8 workers sharing the card made 1 555 cutouts/s end to end against 357 with one)
-CPU_BATCH_SIZE, GPU_BATCH_SIZE, GPU_MAX_WORKERS = 32, 1024, 8
+#: --batch-size and --workers when not given.  On a GPU (one H200, stop 38) 8 workers sharing the card made 1 555
+#: cutouts/s end to end against 357 with one.  The sub-batch is 256: the 66-px networks' fastest GPU call for
+#: two of them and 89-90 % of it for the other three (the 200-px ones take 64 at a time in any case), while
+#: preprocessing costs 0.46 ms of CPU per cutout in sub-batches of 256 against 0.82 in those of 1 024 that the
+#: GPU runs used (median of 5 rounds, up to 1.7; benchmarks/bench_prep.py --sub-batches).
+CPU_BATCH_SIZE, GPU_BATCH_SIZE, GPU_MAX_WORKERS = 32, 256, 8
 
 
 def sized_for(device: str, scheduler: str | None, workers: int | None, batch_size: int | None,
@@ -27,7 +30,7 @@ def sized_for(device: str, scheduler: str | None, workers: int | None, batch_siz
     """``(workers, batch_size)``: the given values, else the defaults for where the networks run.
 
     On the CPU one worker and sub-batches of 32.  On a GPU (``--device cuda``/``tensorrt``, or ``auto`` where
-    this machine has one and the cluster is local) sub-batches of 1 024 and min(8, cores / 2) workers: one
+    this machine has one and the cluster is local) sub-batches of 256 and min(8, cores / 2) workers: one
     worker keeps an H200 idle most of the time (its CPU side is the limit), four made 3.0x its rate and eight
     4.4x; fifteen failed inside ONNX Runtime (docs/performance.md, "The GPU benchmark").
     """
@@ -97,7 +100,7 @@ def sized_for(device: str, scheduler: str | None, workers: int | None, batch_siz
               help="Cutouts preprocessed and scored together inside a task (a sub-batch). On the CPU the 200-px "
                    "networks take it 16 cutouts at a time (less memory, as fast or faster); on a GPU they take 64 "
                    "and the 66-px ones 587 at a time (the fastest sizes on an H200). Scores do not depend on it. "
-                   "[default: 32 on the CPU, 1024 on a GPU]")
+                   "[default: 32 on the CPU, 256 on a GPU]")
 @click.option("--task-size", type=click.IntRange(0), default=0, show_default=True,
               help="Cutouts per Dask task (0: one store chunk; a store of under 16 chunks is split into about 16 "
                    "tasks so progress moves). At least a chunk: whole chunks per task (fewer, larger tasks for "

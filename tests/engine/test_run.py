@@ -213,8 +213,8 @@ def test_explain_top_writes_maps_for_the_best_candidates(tmp_path, tiny_models):
 
 
 def test_workers_and_batch_size_default_to_the_cpu_or_the_gpu_measurements(monkeypatch, capsys):
-    """Not given, --workers and --batch-size are 1 and 32 on the CPU; for the networks on a GPU, 1 024 and
-    min(8, cores / 2) workers (the stop-38 H200 runs); given values are kept, and with --scheduler no local
+    """Not given, --workers and --batch-size are 1 and 32 on the CPU; for the networks on a GPU, 256 and
+    min(8, cores / 2) workers (the stop-38 H200 runs and the preprocessing's cost by sub-batch size); given values are kept, and with --scheduler no local
     workers are sized."""
     import os
 
@@ -224,17 +224,17 @@ def test_workers_and_batch_size_default_to_the_cpu_or_the_gpu_measurements(monke
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert run_cli.sized_for("cpu", None, None, None) == (1, 32)
     assert run_cli.sized_for("auto", None, None, None) == (1, 32)  # no GPU here: the CPU's
-    assert run_cli.sized_for("cuda", None, None, None, quiet=False) == (8, 1024)
-    assert "--workers 8 --batch-size 1024" in capsys.readouterr().err
-    assert run_cli.sized_for("tensorrt", None, 3, None) == (3, 1024)
+    assert run_cli.sized_for("cuda", None, None, None, quiet=False) == (8, 256)
+    assert "--workers 8 --batch-size 256" in capsys.readouterr().err
+    assert run_cli.sized_for("tensorrt", None, 3, None) == (3, 256)
     assert run_cli.sized_for("cuda", None, None, 64) == (8, 64)
-    assert run_cli.sized_for("cuda", "tcp://10.0.0.5:8786", None, None) == (1, 1024)
+    assert run_cli.sized_for("cuda", "tcp://10.0.0.5:8786", None, None) == (1, 256)
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
-    assert run_cli.sized_for("cuda", None, None, None) == (3, 1024)
+    assert run_cli.sized_for("cuda", None, None, None) == (3, 256)
     # auto on a machine with a GPU that ONNX Runtime can use sizes for the GPU
     from lensengine.engine import scoring
 
     monkeypatch.setattr(sessions, "gpu_available", lambda: True)
     monkeypatch.setattr(scoring, "_gpu_here", lambda: True)
-    assert run_cli.sized_for("auto", None, None, None) == (3, 1024)
+    assert run_cli.sized_for("auto", None, None, None) == (3, 256)
     assert run_cli.sized_for("auto", "tcp://10.0.0.5:8786", None, None) == (1, 32)  # the workers are elsewhere
