@@ -18,8 +18,8 @@ not fit is recorded as skipped, never silently dropped):
 5. the seven networks one after another on 4 096 cutouts in the engine's GPU
    call sizes: the ensemble's model-only rate, measured directly;
 6. end to end: ``lensengine run`` (the real engine: Dask, store reads,
-   preprocessing, catalogue) on the store with ``--device cuda`` and the best
-   batch size of step 3, for one and for ``--workers`` workers; the ratio to
+   preprocessing, catalogue) on the store with ``--device cuda`` and a GPU
+   run's default sub-batch (``--e2e-batch`` to change), for each of ``--workers``; the ratio to
    the model-only bound of the full ensemble (step 3's best rates), and
    the goal (20 000 cutouts/s for the full ensemble on one H200).
 
@@ -266,7 +266,11 @@ def ensemble_chain(entries, inputs, device: str, batch: int, box: TimeBox, secon
     sessions = {e.name: ort.InferenceSession(str(e.path), providers=choose_providers(device)) for e in entries}
     xs = {e.name: np.ascontiguousarray(np.resize(inputs[e.name], (batch, *inputs[e.name].shape[1:])))
           for e in entries}
-    calls_of = {e.name: call_size(xs[e.name].shape, batch, call_pixels=GPU_CALL_PIXELS) for e in entries}
+    from lensengine.engine.run_cli import GPU_BATCH_SIZE
+
+    # as a GPU run calls them: sub-batches of the default --batch-size, each network capped at GPU_CALL_PIXELS
+    calls_of = {e.name: call_size(xs[e.name].shape, min(batch, GPU_BATCH_SIZE), call_pixels=GPU_CALL_PIXELS)
+                for e in entries}
 
     def once():
         for e in entries:
@@ -322,7 +326,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", type=Path, default=None, help="models folder [default: the shipped models]")
     ap.add_argument("--model", action="append", default=None, help="only this model (repeatable)")
     ap.add_argument("--batches", default=None, help="batch sweep [64,256,1024,4096; dry-run 4,8]")
-    ap.add_argument("--workers", default=None, help="end-to-end worker counts [1,4; dry-run 1]")
+    ap.add_argument("--workers", default=None, help="end-to-end worker counts [1,4,8; dry-run 1]")
+    ap.add_argument("--e2e-batch", type=int, default=None,
+                    help="the end-to-end runs' --batch-size [a GPU run's default, run_cli.GPU_BATCH_SIZE]")
     ap.add_argument("--compile", default="", help="also torch.compile these models (comma list, e.g. OU-200)")
     ap.add_argument("--compile-batches", default="256", help="batch sizes of the compiled runs [256]")
     ap.add_argument("--time-box", type=float, default=None, help="seconds for everything [420; dry-run 120]")
@@ -333,7 +339,7 @@ def main(argv=None) -> int:
     n = args.n or (48 if dry else 8192)
     chunk = args.chunk or (16 if dry else 1024)
     batches = [int(b) for b in (args.batches or ("4,8" if dry else "64,256,1024,4096")).split(",")]
-    workers = [int(w) for w in (args.workers or ("1" if dry else "1,4")).split(",")]
+    workers = [int(w) for w in (args.workers or ("1" if dry else "1,4,8")).split(",")]
     box = TimeBox(args.time_box or (120 if dry else 420))
     per_point = args.per_point if args.per_point is not None else (0.05 if dry else 1.0)
 
@@ -427,7 +433,9 @@ def main(argv=None) -> int:
         best = report["ort"][providers_list[0][0]]
         rates = [r.get("best_img_s", 0.0) for r in best.values()]
         bound = 1 / sum(1 / r for r in rates) if rates and all(rates) else 0.0
-        batch = max((r.get("best_batch", 0) for r in best.values()), default=0) or batches[0]
+        from lensengine.engine.run_cli import GPU_BATCH_SIZE
+
+        batch = args.e2e_batch or GPU_BATCH_SIZE  # the sub-batch of a GPU run without --batch-size
         report["ensemble_model_only_cutouts_per_s"] = bound
         report["ensemble_chain"] = ensemble_chain(entries, inputs, device, 16 if dry else 4096, box,
                                                   per_point * 3)
