@@ -98,8 +98,8 @@ def sized_for(device: str, scheduler: str | None, workers: int | None, batch_siz
                                                  "uses CUDA (and TensorRT) when a GPU is present.")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Cutouts preprocessed and scored together inside a task (a sub-batch). On the CPU the 200-px "
-                   "networks take it 16 cutouts at a time (less memory, as fast or faster); on a GPU they take 64 "
-                   "and the 66-px ones 587 at a time (the fastest sizes on an H200). Scores do not depend on it. "
+                   "networks take it 16 cutouts at a time (less memory, as fast or faster); on a GPU 64 at a time, "
+                   "and the 66-px ones up to 587 (the fastest sizes on an H200). Scores do not depend on it. "
                    "[default: 32 on the CPU, 256 on a GPU]")
 @click.option("--task-size", type=click.IntRange(0), default=0, show_default=True,
               help="Cutouts per Dask task (0: one store chunk; a store of under 16 chunks is split into about 16 "

@@ -173,14 +173,13 @@ PREFETCH_DEPTH = 2
 #: cutouts of the 200-px networks, the whole sub-batch of the 66-px ones (up to 146).  Their activations grow
 #: with the call: on one thread OU-200 in calls of 32 held 1.32 GB and scored 39 img/s, in calls of 16 0.66 GB
 #: and 46 img/s (OU-VIS 1.20 / 0.53 GB, 49 / 55 img/s); the 66-px networks run at the same speed from 16 to 64
-#: (docs/performance.md, "Stop 31").  A cutout's score does not depend on its call.  Not on a GPU, which wants
-#: large calls.
+#: (docs/performance.md, "Stop 31").  A cutout's score does not depend on its call.  On a GPU: GPU_CALL_PIXELS.
 CPU_CALL_PIXELS = 16 * 200 * 200
 #: The same cap on a GPU: 64 cutouts of the 200-px networks, 587 of the 66-px ones.  On one H200 (ONNX Runtime
-#: CUDA, fp32) OU-200 scored 6 100 img/s in calls of 64, 4 500 in calls of 1 024, and failed in calls of 4 096
-#: (cuDNN refuses a tensor that large); OU-VIS 15 200 / 6 000; the 66-px networks peak at 256-1 024 (70 000-
-#: 115 000 img/s).  Calls of 1 024 also made four workers' per-session GPU arenas run out of the card's memory
-#: (docs/performance.md, "Stop 38").
+#: CUDA, fp32; two runs) OU-200 scored 6 100-9 600 img/s in calls of 64 and 4 300-4 500 in calls of 1 024, and
+#: failed in calls of 4 096 (cuDNN refuses a tensor that large); OU-VIS 15 200-16 600 / 4 800-6 000; the 66-px
+#: networks peak at 256-1 024 (70 000-132 000 img/s).  Calls of 1 024 also made the GPU memory arenas of four
+#: or more workers' sessions run out (docs/performance.md, "The GPU benchmark").
 GPU_CALL_PIXELS = 64 * 200 * 200
 _DONE = object()
 

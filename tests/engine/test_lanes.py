@@ -117,7 +117,7 @@ def _recorded(models, calls):
 def test_200px_calls_are_capped_on_the_cpu_with_the_same_scores(batch, tiny_models, monkeypatch):
     """CPU calls hold at most CPU_CALL_PIXELS stamp pixels (the 200-px networks' memory, docs/performance.md);
     every cutout scores exactly as in whole-sub-batch calls; on a GPU the cap is GPU_CALL_PIXELS (64 cutouts of
-    200 px, 587 of 66 px: the sizes the H200 measured best, docs/performance.md "Stop 38")."""
+    200 px, 587 of 66 px: the sizes the H200 measured best, docs/performance.md "The GPU benchmark")."""
     from lensengine.engine import scoring
 
     models = discover_models(tiny_models)

@@ -214,8 +214,8 @@ def test_explain_top_writes_maps_for_the_best_candidates(tmp_path, tiny_models):
 
 def test_workers_and_batch_size_default_to_the_cpu_or_the_gpu_measurements(monkeypatch, capsys):
     """Not given, --workers and --batch-size are 1 and 32 on the CPU; for the networks on a GPU, 256 and
-    min(8, cores / 2) workers (the stop-38 H200 runs and the preprocessing's cost by sub-batch size); given values are kept, and with --scheduler no local
-    workers are sized."""
+    min(8, cores / 2) workers (the stop-38 H200 runs and the preprocessing's cost by sub-batch size); given
+    values are kept, and with --scheduler no local workers are sized."""
     import os
 
     from lensengine.engine import run_cli, sessions
