@@ -7,7 +7,8 @@
    and beside two busy threads (what a run's two network lanes are to the read).
 2. Resampling a 32-cutout sub-batch, per plane: the banded products of ``resize_batch`` against the dense
    matrix products it replaced (the same matrices; the difference in units of the result's float32 spacing).
-3. The whole preprocessing of a sub-batch for the seven networks (``Preprocessor``, the worker's pool).
+3. The whole preprocessing of a sub-batch for the seven networks (``Preprocessor``, the worker's pool);
+   with ``--sub-batches`` also at other sizes, in the engine's slices of ``PREP_SLICE`` and whole.
 
 CPU milliseconds per cutout (the process's CPU time, so zarr's own threads count); best of ``--repeat``.
 """
@@ -25,7 +26,8 @@ import numpy as np
 
 from lensengine.catalogs._shard_read import SWITCH
 from lensengine.catalogs.store import SurveyStore
-from lensengine.engine.preprocess import _blas, _resize_matrix32, resize_batch
+from lensengine.engine import preprocess
+from lensengine.engine.preprocess import PREP_SLICE, _blas, _resize_matrix32, resize_batch
 from lensengine.engine.registry import resolve_models
 from lensengine.engine.scoring import READ_PIECE, _sub_batches, preprocessor_for
 
@@ -106,11 +108,13 @@ def bench_resize(repeat: int) -> dict:
 
 def bench_preprocess(path: Path, models_dir: Path, n: int, repeat: int, size: int = 32) -> float:
     """Best-of-``repeat`` ms CPU per cutout of preprocessing ``n`` cutouts in sub-batches of ``size``."""
-    return preprocess_rounds(path, models_dir, n, repeat, size)[0]
+    return preprocess_rounds(path, models_dir, n, repeat, size)[PREP_SLICE][0]
 
 
-def preprocess_rounds(path: Path, models_dir: Path, n: int, repeat: int, size: int = 32) -> list[float]:
-    """ms CPU per cutout of each of ``repeat`` rounds (sorted), ``n`` cutouts in sub-batches of ``size``."""
+def preprocess_rounds(path: Path, models_dir: Path, n: int, repeat: int, size: int = 32,
+                      slices: tuple[int, ...] = (PREP_SLICE,)) -> dict[int, list[float]]:
+    """ms CPU per cutout of each of ``repeat`` rounds (sorted), ``n`` cutouts in sub-batches of ``size``, per
+    value of ``PREP_SLICE`` in ``slices`` (the rounds of the values interleaved, after one warm-up round each)."""
     store = SurveyStore.open(path)
     batch = store.read(store.tiles[0], 0, n)
     prep = preprocessor_for(tuple(resolve_models(str(models_dir))))
@@ -121,12 +125,18 @@ def preprocess_rounds(path: Path, models_dir: Path, n: int, repeat: int, size: i
         for lo, hi, bands, _ in subs:
             kept = [*kept[-2:], prep(bands, hi - lo)]  # three alive at a time, as in a run
 
-    rounds = []
-    for _ in range(repeat):
-        c0 = time.process_time()
-        run()
-        rounds.append(1e3 * (time.process_time() - c0) / n)
-    return sorted(rounds)
+    rounds: dict[int, list[float]] = {k: [] for k in slices}
+    try:
+        for r in range(repeat + 1):
+            for k in slices:
+                preprocess.PREP_SLICE = k
+                c0 = time.process_time()
+                run()
+                if r:
+                    rounds[k].append(1e3 * (time.process_time() - c0) / n)
+    finally:
+        preprocess.PREP_SLICE = PREP_SLICE
+    return {k: sorted(v) for k, v in rounds.items()}
 
 
 def main() -> None:
@@ -156,11 +166,16 @@ def main() -> None:
     sizes = [int(v) for v in args.sub_batches.split(",") if v]
     if sizes:
         res["preprocess_by_sub_batch"] = {}
-        print("preprocessing by sub-batch size, ms CPU per cutout over the rounds (best / median / worst):")
+        print(f"preprocessing by sub-batch size, ms CPU per cutout over {args.repeat} rounds (best / median / "
+              f"worst), in slices of {PREP_SLICE} (the engine) and whole, rounds interleaved:")
     for size in sizes:
-        rounds = preprocess_rounds(args.tiles, args.models, n, args.repeat, size)
-        res["preprocess_by_sub_batch"][str(size)] = rounds
-        print(f"  {size:5d}: {rounds[0]:.3f} / {rounds[len(rounds) // 2]:.3f} / {rounds[-1]:.3f}")
+        rounds = preprocess_rounds(args.tiles, args.models, n, args.repeat, size, (PREP_SLICE, 1 << 30))
+        res["preprocess_by_sub_batch"][str(size)] = {"sliced": rounds[PREP_SLICE], "whole": rounds[1 << 30]}
+
+        def line(v):
+            return f"{v[0]:.3f} / {v[len(v) // 2]:.3f} / {v[-1]:.3f}"
+
+        print(f"  {size:5d}: sliced {line(rounds[PREP_SLICE])}; whole {line(rounds[1 << 30])}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
 

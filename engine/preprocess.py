@@ -283,6 +283,14 @@ class PreparedBatch:
     flags: np.ndarray
 
 
+#: Cutouts prepared at a time: a larger batch (a GPU run's sub-batch of 256, a user's --batch-size) is prepared in
+#: slices of this many into whole-batch arrays.  Each step of the preprocessing passes over its arrays, and 32
+#: cutouts' planes stay in the CPU's caches between passes while 256 or 1 024 do not.  Median of 5 interleaved
+#: rounds on 2 cores, ms of CPU per cutout, whole / in slices: 256: 0.46 / 0.41; 1 024: 0.77 / 0.47; 32: 0.30;
+#: 128: 0.39 / 0.41 (benchmarks/bench_prep.py --sub-batches; docs/performance.md, "The GPU benchmark").
+PREP_SLICE = 32
+
+
 class Preprocessor:
     """Turns raw survey bands into every requested model's input, sharing the work.
 
@@ -309,6 +317,8 @@ class Preprocessor:
     def __call__(self, bands: dict[str, np.ndarray | None], n: int | None = None) -> PreparedBatch:
         if n is None:
             n = next(len(a) for a in bands.values() if a is not None)
+        if n > PREP_SLICE:
+            return self._in_slices(bands, n)
         clean, band_flags = inspect_bands(bands, n)
         planes: dict[tuple[str, int], np.ndarray] = {}
         for band, stamp in self.planes:
@@ -337,5 +347,24 @@ class Preprocessor:
         used = {b for spec in self.specs for b in spec.bands}
         for b in used:
             flags |= band_flags[b]
+        return PreparedBatch(inputs=inputs, usable=usable, flags=flags)
+
+    def _in_slices(self, bands: dict[str, np.ndarray | None], n: int) -> PreparedBatch:
+        """A large batch prepared :data:`PREP_SLICE` cutouts at a time into whole-batch arrays (the same values:
+        every step works cutout by cutout)."""
+        inputs: dict[str, np.ndarray] = {}
+        usable: dict[str, np.ndarray] = {}
+        flags = np.zeros(n, dtype=np.uint32)
+        for lo in range(0, n, PREP_SLICE):
+            hi = min(n, lo + PREP_SLICE)
+            part = self({b: None if a is None else a[lo:hi] for b, a in bands.items()}, hi - lo)
+            for name, x in part.inputs.items():
+                if name not in inputs:
+                    shape = (n, *x.shape[1:])
+                    inputs[name] = np.empty(shape, x.dtype) if self.buffers is None else self.buffers.empty(shape)
+                    usable[name] = np.empty(n, dtype=bool)
+                inputs[name][lo:hi] = x
+                usable[name][lo:hi] = part.usable[name]
+            flags[lo:hi] = part.flags
         return PreparedBatch(inputs=inputs, usable=usable, flags=flags)
 

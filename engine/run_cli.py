@@ -20,8 +20,8 @@ INTERRUPTED = "interrupted — resume with --resume"
 #: --batch-size and --workers when not given.  On a GPU (one H200, stop 38) 8 workers sharing the card made 1 555
 #: cutouts/s end to end against 357 with one.  The sub-batch is 256: the 66-px networks' fastest GPU call for
 #: two of them and 89-90 % of it for the other three (the 200-px ones take 64 at a time in any case), while
-#: preprocessing costs 0.46 ms of CPU per cutout in sub-batches of 256 against 0.82 in those of 1 024 that the
-#: GPU runs used (median of 5 rounds, up to 1.7; benchmarks/bench_prep.py --sub-batches).
+#: preprocessing costs less CPU per cutout and varies less than in the sub-batches of 1 024 that the GPU runs used
+#: (0.41 against 0.77 ms whole, 0.47 in slices; preprocess.PREP_SLICE; benchmarks/bench_prep.py --sub-batches).
 CPU_BATCH_SIZE, GPU_BATCH_SIZE, GPU_MAX_WORKERS = 32, 256, 8
 
 

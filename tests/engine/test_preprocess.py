@@ -148,3 +148,30 @@ def test_banded_resampling_is_the_dense_product(rng, n_in, n_out):
     together = resize_batch(many, n_out)
     for i in (0, 17, 39):
         assert resize_batch(many[i:i + 1], n_out).tobytes() == together[i:i + 1].tobytes()
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_a_large_batch_is_prepared_in_slices_to_the_same_bits(rng, monkeypatch, pooled):
+    """A batch of more than PREP_SLICE cutouts (a GPU run's sub-batch) is prepared slice by slice into
+    whole-batch arrays: every input, usable mask and flag equals the batch prepared at once, bad cutouts in
+    the second and last slices included, and a missing band stays missing."""
+    from lensengine.engine import preprocess
+    from lensengine.engine.buffers import BufferPool
+
+    k = preprocess.PREP_SLICE
+    n = 2 * k + 5  # two whole slices and a short one
+    bands = {"VIS": _astro(rng, n, 200), "Y": _astro(rng, n, 66), "J": _astro(rng, n, 66), "H": None}
+    bands["VIS"][k + 3, 5, 5] = np.nan
+    bands["Y"][n - 1] = 3.0
+    specs = list(MODEL_SPECS.values())
+    sliced = Preprocessor(specs, BufferPool() if pooled else None)(bands)
+    monkeypatch.setattr(preprocess, "PREP_SLICE", 10 * n)
+    whole = Preprocessor(specs, BufferPool() if pooled else None)(bands)
+    assert sliced.inputs.keys() == whole.inputs.keys()
+    for name in whole.inputs:
+        assert sliced.inputs[name].shape == whole.inputs[name].shape
+        assert np.array_equal(sliced.inputs[name], whole.inputs[name]), name
+        assert np.array_equal(sliced.usable[name], whole.usable[name]), name
+    assert np.array_equal(sliced.flags, whole.flags)
+    assert sliced.flags[k + 3] & Flag.NONFINITE and sliced.flags[n - 1] & Flag.CONSTANT_BAND
+    assert not sliced.usable["OU-H"].any() and sliced.usable["OU-VIS"].sum() == n - 1
