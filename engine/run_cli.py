@@ -164,6 +164,13 @@ def run_cmd(ctx, store, out, scores, models_dir, model_names, ensemble_path, thr
         scores = out.with_name(out.stem + "_scores.parquet")
     try:
         entries = resolve_models(models_dir, model_names or None)
+        if device in ("cuda", "tensorrt") and not scheduler:
+            from lensengine.engine.sessions import choose_providers
+
+            try:  # a local cluster's workers run on this machine: no usable GPU here is bad usage, found now
+                choose_providers(device)
+            except RuntimeError as exc:
+                raise click.UsageError(str(exc)) from None
         workers, batch_size = sized_for(device, scheduler, workers, batch_size, quiet)
         opts = RunOptions(store=store, out=out, scores=scores, models=entries, models_dir=models_dir or
                           (Path(entries[0].path).parent if entries else None), threshold=threshold,

@@ -238,3 +238,21 @@ def test_workers_and_batch_size_default_to_the_cpu_or_the_gpu_measurements(monke
     monkeypatch.setattr(scoring, "_gpu_here", lambda: True)
     assert run_cli.sized_for("auto", None, None, None) == (3, 256)
     assert run_cli.sized_for("auto", "tcp://10.0.0.5:8786", None, None) == (1, 32)  # the workers are elsewhere
+
+
+def test_device_cuda_without_a_usable_gpu_is_refused_before_any_work(tmp_path, store_with_bad_cutouts, tiny_models):
+    """--device cuda on a machine whose ONNX Runtime cannot use a GPU: exit 2 with the reason, before a cluster
+    starts or anything is written (with --scheduler the workers may have GPUs, so nothing is decided here)."""
+    from lensengine.engine.sessions import choose_providers
+
+    try:
+        choose_providers("cuda")
+        pytest.skip("a usable GPU is present here")
+    except RuntimeError:
+        pass
+    out = tmp_path / "c.fits"
+    result = _run_cli(["--tiles", str(store_with_bad_cutouts), "--models", str(tiny_models), "--out", str(out),
+                       "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert "--device cuda asked for a GPU but none is usable here" in result.output
+    assert not out.exists() and not list(tmp_path.glob("c_scores*"))
