@@ -20,8 +20,8 @@ INTERRUPTED = "interrupted — resume with --resume"
 #: --batch-size and --workers when not given.  On a GPU (one H200, stop 38) 8 workers sharing the card made 1 555
 #: cutouts/s end to end against 357 with one.  The sub-batch is 256: the 66-px networks' fastest GPU call for
 #: two of them and 89-90 % of it for the other three (the 200-px ones take 64 at a time in any case), while
-#: preprocessing costs less CPU per cutout and varies less than in the sub-batches of 1 024 that the GPU runs used
-#: (0.41 against 0.77 ms whole, 0.47 in slices; preprocess.PREP_SLICE; benchmarks/bench_prep.py --sub-batches).
+#: preprocessing a sub-batch of 256 costs 0.41 ms of CPU per cutout, against 0.47 for 1 024 (0.77 before 1 024 was
+#: prepared in slices, as in the GPU runs; preprocess.PREP_SLICE; benchmarks/bench_prep.py --sub-batches).
 CPU_BATCH_SIZE, GPU_BATCH_SIZE, GPU_MAX_WORKERS = 32, 256, 8
 
 
