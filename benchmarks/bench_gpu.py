@@ -159,6 +159,13 @@ def sweep(run, x: np.ndarray, batches: list[int], box: TimeBox, per_point_s: flo
     return out
 
 
+def _print_best(prefix: str, per_model: dict) -> None:
+    """One line per model of a section: its best rate, batch and max |ΔP|, or why it has none."""
+    for name, r in per_model.items():
+        print(f"{prefix} {name:7s} " + (f"best {r['best_img_s']:9.0f} img/s at batch {r['best_batch']}, "
+              f"max|dP| {r['max_delta_p']:.1e}" if "best_img_s" in r else str(r)), flush=True)
+
+
 def _best(points: dict) -> tuple[int, float]:
     rated = [(int(b), p["img_s"]) for b, p in points.items() if "img_s" in p]
     return max(rated, key=lambda t: t[1]) if rated else (0, 0.0)
@@ -405,10 +412,7 @@ def main(argv=None) -> int:
         report["ort"] = ort_section(entries, inputs, reference, providers_list, batches, box, per_point,
                                     tmp / "trt-cache")
         for label, per_model in report["ort"].items():
-            for name, r in per_model.items():
-                print(f"ort {label:24s} {name:7s} " + (f"best {r['best_img_s']:9.0f} img/s at batch "
-                      f"{r['best_batch']}, max|dP| {r['max_delta_p']:.1e}" if "best_img_s" in r else str(r)),
-                      flush=True)
+            _print_best(f"ort {label:24s}", per_model)
         save()
 
         try:
@@ -418,13 +422,10 @@ def main(argv=None) -> int:
         except ImportError as exc:
             report["torch_bf16"] = {"skipped": f"torch not installed ({exc})"}
         for mode, per_model in report["torch_bf16"].items():
-            for name, r in (per_model.items() if isinstance(per_model, dict) else []):
-                print(f"torch bf16 {mode:18s} {name:7s} " + (f"best {r['best_img_s']:9.0f} img/s at batch "
-                      f"{r['best_batch']}, max|dP| {r['max_delta_p']:.1e}" if "best_img_s" in r else str(r)),
-                      flush=True)
+            if isinstance(per_model, dict):
+                _print_best(f"torch bf16 {mode:18s}", per_model)
         save()
         if not providers_list:
-            report["seconds"] = time.perf_counter() - box.t0
             save()
             print(f"no ONNX Runtime CUDA provider: torch only; {report['seconds']:.0f} s; wrote {args.json}")
             return 0
