@@ -199,6 +199,13 @@ class SurveyStore:
             self._group.attrs.put(attrs)
             self.attrs = attrs
 
+    def update_provenance(self, **values) -> None:
+        """Set keys of the store's provenance after the fact (e.g. how many cutouts a stopped writer left)."""
+        attrs = self._group.attrs.asdict()
+        attrs["provenance"] = {**dict(attrs.get("provenance") or {}), **values}
+        self._group.attrs.put(attrs)
+        self.attrs = attrs
+
     @classmethod
     @contextlib.contextmanager
     def build(cls, path, *, overwrite: bool = False, **create_args):

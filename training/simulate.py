@@ -28,6 +28,7 @@ records ``label_easy`` as well, so recall can be read against arc S/N and θ_E.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,12 +283,19 @@ def library_versions() -> dict[str, str]:
 
 def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float = 0.72, source_colour: str = "mixed",
                    workers: int = 1, chunk_size: int = 1024, progress: bool = True, block: int = 32,
-                   overwrite: bool = False, min_arc_snr: float | None = None) -> Path:
+                   overwrite: bool = False, min_arc_snr: float | None = None,
+                   max_seconds: float | None = None) -> Path:
     """Simulate ``n`` cutouts into a new survey store (tile ``sim``); returns its path.
 
     With ``workers`` > 1 the blocks are rendered on a local Dask cluster of
     ``workers`` single-threaded processes; blocks are appended in index
     order, so the store does not depend on the worker count.
+
+    ``max_seconds`` is a time budget: once it has passed no further block is
+    waited for, and the store holds cutouts 0 … k-1 (at least the first block),
+    each the same as in a store simulated to the end (cutout i depends on
+    (seed, i) alone).  The provenance then records ``n`` = k, ``n_asked`` and
+    why it stopped.
     """
     from lensengine.catalogs.store import CutoutBatch, SurveyStore
 
@@ -334,12 +342,19 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
             next_start += len(b)
             flush()
 
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+
+    def out_of_time() -> bool:  # never before the first block is in
+        return deadline is not None and next_start > 0 and time.monotonic() > deadline
+
     with _progress(progress, n, f"simulating {kind}") as advance:
         if workers <= 1:
             from lensengine.training._sim_physics import sed_table
 
             sed_table()
             for start, count in blocks:
+                if out_of_time():
+                    break
                 accept(start, simulate_batch(kind, count, seed, start, **options))
                 advance(count)
         else:
@@ -360,7 +375,15 @@ def simulate_store(path, kind: str, n: int, seed: int, *, lens_fraction: float =
                     accept(starts[fut.key], batch)
                     advance(len(batch))
                     fut.release()
+                    if out_of_time():
+                        client.cancel([f for f in futures if not f.done()])
+                        break
     flush(force=True)
+    if next_start < n:
+        log.info("%s: the time budget of %.0f s ran out after %d of %d cutouts; the store holds cutouts 0-%d",
+                 path, max_seconds, next_start, n, next_start - 1)
+        store.update_provenance(n=next_start, n_asked=n,
+                                stopped=f"time budget of {max_seconds:g} s ran out after {next_start} cutouts")
     return path
 
 

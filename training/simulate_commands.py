@@ -37,6 +37,10 @@ KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings", "surv
               help="Spectral class of the lensed sources.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Dask worker processes (a local cluster when > 1); the store is the same for any value.")
+@click.option("--max-time", "max_time", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
+              help="Stop after this many minutes with the cutouts done so far: the store then holds cutouts "
+                   "0 … k-1 of the -n asked (each the same as in the whole store; its provenance says so). "
+                   "For filling a fixed time, e.g. a GPU lease.")
 @click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Store chunk size along the cutout axis.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
@@ -46,8 +50,8 @@ KINDS = ("lenses", "non-lenses", "mixed", "compound-arcs", "double-rings", "surv
 @json_option(help="Print what was written (and the --report summary) as JSON on stdout.")
 @needs_extra("lenstronomy", "skypy", "speclite")
 @click.pass_context
-def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, min_arc_snr, source_colour, workers, chunk_size, overwrite,
-                 report, published_weights, as_json):
+def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, min_arc_snr, source_colour, workers, max_time, chunk_size,
+                 overwrite, report, published_weights, as_json):
     """Simulate Euclid-like cutouts (VIS 200×200 at 0.1″, NISP Y/J/H 66×66 at 0.3″, e-/s) with truth.
 
     Example: lensengine simulate --kind mixed -n 2000 --seed 1 --out train.zarr --report
@@ -63,21 +67,25 @@ def simulate_cmd(ctx, kind, n, seed, out, lens_fraction, min_arc_snr, source_col
     try:
         path = simulate_store(out, kind, n, seed, lens_fraction=lens_fraction, source_colour=source_colour,
                               workers=workers, chunk_size=chunk_size, progress=not quiet, overwrite=overwrite,
-                              min_arc_snr=min_arc_snr)
+                              min_arc_snr=min_arc_snr, max_seconds=None if max_time is None else 60 * max_time)
     except ValueError as exc:
         raise click.UsageError(str(exc))
     elapsed = time.perf_counter() - t0
-    result = {"store": str(path), "n": n, "seconds": round(elapsed, 3), "rate": n / elapsed, "workers": workers}
-    if not as_json:
-        click.echo(f"wrote {n} cutouts to {path} in {elapsed:.1f} s ({n / elapsed:.1f} systems/s, "
-                   f"{workers} worker(s))")
-    if report:
-        from lensengine.catalogs.store import SurveyStore
-        from lensengine.training._sim_report import realism_table, score_published, summarise
-        from lensengine.training.simulate import TILE
+    from lensengine.catalogs.store import SurveyStore
+    from lensengine.training.simulate import TILE
 
-        store = SurveyStore.open(path)
-        batch = store.read(TILE, 0, store.n_cutouts(TILE))
+    store = SurveyStore.open(path)
+    written = store.n_cutouts(TILE)
+    result = {"store": str(path), "n": written, "n_asked": n, "seconds": round(elapsed, 3), "rate": written / elapsed,
+              "workers": workers}
+    if not as_json:
+        stopped = "" if written == n else f" of {n} asked (--max-time {max_time:g} min ran out)"
+        click.echo(f"wrote {written} cutouts{stopped} to {path} in {elapsed:.1f} s ({written / elapsed:.1f} "
+                   f"systems/s, {workers} worker(s))")
+    if report:
+        from lensengine.training._sim_report import realism_table, score_published, summarise
+
+        batch = store.read(TILE, 0, written)
         result["report"] = list(summarise(batch))
         if published_weights is not None:
             result["realism"] = realism_table(batch, score_published(batch, published_weights))
