@@ -64,6 +64,7 @@ def load_allowance(n_train: int) -> float:
     """
     return 10.0 + n_train / 800.0
 
+
 #: what one device call may carry, all told (the working tree included)
 CARRY_LIMIT = 64 * 2**20
 
@@ -187,7 +188,8 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
     deadline = None if dry_run else t_start + budget["total"] - 20.0 - 10.0 * len(models)
     train_minutes = None if dry_run else max(
         (deadline - time.perf_counter() - load_allowance(stores["train"]["n"])) / 60.0, 0.5)
-    per_model_cores = max(1, (cores - 1) // len(models))
+    # each network's share of the cores: all but one assemble batches (the GPU's bottleneck), torch takes up to 4
+    per_model_cores = max(1, cores // len(models))
     cmds = train_commands(models, stores=stores, init=init, runs=runs, minutes=train_minutes, epochs=max_epochs,
                           device=device, loader_workers=max(1, per_model_cores - 1),
                           threads=1 if dry_run else min(per_model_cores, 4))
