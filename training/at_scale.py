@@ -72,9 +72,10 @@ CARRY_LIMIT = 64 * 2**20
 def plan(minutes: float, sim_share: float, n_models: int) -> dict[str, float]:
     """Split ``minutes`` into seconds for the training store and for training (the rest keeps a margin)."""
     total = 60.0 * minutes
-    margin = 45.0 + 15.0 * n_models  # the validation store is timed apart; export, archive, slack
-    usable = max(total - margin, 60.0)
-    return {"total": total, "simulate": sim_share * usable, "train": (1 - sim_share) * usable}
+    stop_training = total - 20.0 - 10.0 * n_models  # then export what was stopped, archive, write the summary
+    usable = max(stop_training - 25.0 - 5.0 * n_models, 60.0)  # less the validation store and the processes' start
+    return {"total": total, "simulate": sim_share * usable, "train": (1 - sim_share) * usable,
+            "stop_training": stop_training}
 
 
 def machine() -> dict:
@@ -171,7 +172,7 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
     workers = workers or (2 if dry_run else cores)
     if dry_run:
         device, max_epochs, n_val, n_train_max = "cpu", 1, 64, min(n_train_max, 192)
-        budget = {"total": 0.0, "simulate": 0.0, "train": 0.0}
+        budget = {"total": 0.0, "simulate": 0.0, "train": 0.0, "stop_training": 0.0}
     else:
         n_val = VAL_N
         budget = plan(minutes, sim_share, len(models))
@@ -185,7 +186,7 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
     runs = work / "runs"
     # the training processes are stopped at the deadline whatever they are doing (the kept epoch is on disk);
     # their own --max-time ends them between epochs before it, less the time their data take to load
-    deadline = None if dry_run else t_start + budget["total"] - 20.0 - 10.0 * len(models)
+    deadline = None if dry_run else t_start + budget["stop_training"]
     train_minutes = None if dry_run else max(
         (deadline - time.perf_counter() - load_allowance(stores["train"]["n"])) / 60.0, 0.5)
     # each network's share of the cores: all but one assemble batches (the GPU's bottleneck), torch takes up to 4
@@ -195,18 +196,22 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
                           threads=1 if dry_run else min(per_model_cores, 4))
     summary["train_minutes"] = train_minutes
     t0 = time.perf_counter()
-    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, cmd in cmds.items()}
+    # output to files, not pipes: a process whose pipe nobody reads yet would block when it fills
+    runs.mkdir(parents=True, exist_ok=True)
+    procs = {}
+    for name, cmd in cmds.items():
+        with open(runs / f"{name}.out", "w") as fo, open(runs / f"{name}.err", "w") as fe:
+            procs[name] = subprocess.Popen(cmd, stdout=fo, stderr=fe)
     results = {}
     for name, proc in procs.items():
         stopped = False
         try:
-            stdout, stderr = proc.communicate(timeout=None if deadline is None
-                                              else max(deadline - time.perf_counter(), 1.0))
+            proc.wait(timeout=None if deadline is None else max(deadline - time.perf_counter(), 1.0))
         except subprocess.TimeoutExpired:
             proc.kill()
-            stdout, stderr = proc.communicate()
+            proc.wait()
             stopped = True
+        stdout, stderr = (runs / f"{name}.out").read_text(), (runs / f"{name}.err").read_text()
         entry = {"returncode": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
                  "command": " ".join(cmds[name][2:]), "epochs": read_log(runs / name / "log.csv")}
         if stopped:

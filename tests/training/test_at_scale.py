@@ -51,7 +51,7 @@ def test_simulate_max_time_reports_what_it_wrote(tmp_path):
 
 def test_plan_keeps_a_margin_and_gives_the_rest_to_simulation_and_training():
     p = at_scale.plan(8.5, 0.45, 2)
-    assert p["total"] == 510.0
+    assert p["total"] == 510.0 and p["stop_training"] == 470.0
     assert p["simulate"] + p["train"] == pytest.approx(510.0 - 75.0)
     assert p["simulate"] == pytest.approx(0.45 * 435.0)
 
