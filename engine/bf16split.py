@@ -17,7 +17,8 @@ accumulates in fp32 as usual; the dropped ``x_lo·W_lo`` term is 2⁻¹⁶ of th
 product.  The cost is the first layer's, tripled in its input channels.
 
 :func:`split_model` writes that model once per model (cached by SHA-256, renamed
-into place atomically); :func:`split_input` makes the input from the usual one.
+into place atomically); :func:`split_input_bits` makes the input from the usual one,
+as bf16 bit patterns that the runners hand to OpenVINO as a bf16 tensor.
 
 The ``openvino-bf16-split2`` runner splits only the input, ``[x_hi, x_lo]``
 against ``[W_q, W_q]``, two thirds of the first layer's cost.  Rounding ``W`` to
@@ -36,13 +37,14 @@ runner is measured on.
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["SPLIT_VERSION", "SPLIT2_VERSION", "bf16_parts", "compensated_bf16", "patch_moments", "split_input",
-           "split_model", "split_graph", "split_path", "split_problem"]
+           "split_input_bits", "split_model", "split_graph", "split_path", "split_problem"]
 
 #: bump when the rewrite changes, so cached copies are remade
 SPLIT_VERSION = 2
@@ -71,26 +73,42 @@ def bf16_parts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, _to_bf16(a - hi)
 
 
-def split_input(x: np.ndarray, parts: int = 3) -> np.ndarray:
-    """The split model's input for the usual input ``x`` (N, C, H, W): ``[x_hi, x_lo, x_hi]`` on the channel axis
-    (``[x_hi, x_lo]`` with ``parts`` 2).
+def split_input_bits(x: np.ndarray, parts: int = 3) -> np.ndarray:
+    """The split model's input for the usual input ``x`` (N, C, H, W) as bf16 bit patterns (uint16):
+    ``[x_hi, x_lo, x_hi]`` on the channel axis (``[x_hi, x_lo]`` with ``parts`` 2).
 
-    Written in place into one array (it runs on every batch; one the process's buffer pool has free,
-    engine/buffers.py): ``x_hi`` rounded to nearest as in :func:`bf16_parts`, ``x_lo`` truncated, which keeps
-    ``x_hi + x_lo`` within 2⁻¹⁵ of ``x``.
+    ``x_hi`` is ``x`` rounded to nearest (ties to even) as in :func:`bf16_parts`, ``x_lo`` the exact rest
+    ``x - x_hi`` truncated to bf16, which keeps ``x_hi + x_lo`` within 2⁻¹⁵ of ``x``.  The runners hand these
+    bits to OpenVINO as a bf16 tensor: the same numbers as fp32 parts, but half the bytes to read, and no
+    conversion inside the network (1.08–1.21× the split networks' calls, the same scores; stop 40).  It runs on
+    every batch, so it works in place in two arrays the process's buffer pool has free (engine/buffers.py).
     """
     from lensengine.engine.buffers import pool
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = x.shape[1]
-    out = pool.empty((x.shape[0], parts * c, *x.shape[2:]))
-    _to_bf16(x, out=out[:, :c])
-    lo = out[:, c:2 * c]
-    np.subtract(x, out[:, :c], out=lo)
-    np.bitwise_and(lo.view(np.uint32), _HIGH, out=lo.view(np.uint32))
+    u = x.view(np.uint32)
+    out = pool.empty((x.shape[0], parts * c, *x.shape[2:]), np.uint16)
+    r = pool.empty(x.shape, np.uint32)
+    np.right_shift(u, np.uint32(16), out=r)  # x rounded to nearest even: the high half of u + 0x7FFF + lsb
+    np.bitwise_and(r, np.uint32(1), out=r)
+    np.add(r, np.uint32(0x7FFF), out=r)
+    np.add(r, u, out=r)
+    high = slice(1, None, 2) if sys.byteorder == "little" else slice(0, None, 2)  # a float32's high 16 bits
+    out[:, :c] = r.view(np.uint16)[..., high]
+    np.bitwise_and(r, _HIGH, out=r)  # x_hi as a float32
+    rest = r.view(np.float32)
+    np.subtract(x, rest, out=rest)  # x - x_hi: exact
+    out[:, c:2 * c] = rest.view(np.uint16)[..., high]  # truncated to bf16
     if parts == 3:
         out[:, 2 * c:] = out[:, :c]
     return out
+
+
+def split_input(x: np.ndarray, parts: int = 3) -> np.ndarray:
+    """:func:`split_input_bits` as float32 numbers (for a runtime without bf16 input, e.g. ONNX Runtime)."""
+    bits = split_input_bits(x, parts)
+    return np.left_shift(bits.astype(np.uint32), np.uint32(16)).view(np.float32)
 
 
 def patch_moments(x: np.ndarray, kernel: tuple[int, int], pads=(0, 0, 0, 0), strides=(1, 1)) -> np.ndarray:

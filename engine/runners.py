@@ -333,12 +333,15 @@ def _ort_runner(path: str, model, device: str, threads: int) -> Runner:
     return lambda x: sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
-def _openvino_runner(path: str, hint: str, threads: int) -> Runner:
+def _openvino_runner(path: str, hint: str, threads: int, bf16_input: bool = False) -> Runner:
     """An OpenVINO CPU model; one infer request per thread (requests are not thread-safe).
 
     Threads are not pinned to cores: with pinning, the two one-thread lanes of a worker
     (:func:`lensengine.engine.scoring.split_lanes`) landed on the same core and the seven networks scored
     62 cutouts/s against 117 in one lane; unpinned, two lanes score 119–120 (stop 33, 2 cores).
+
+    ``bf16_input``: the model's first input is declared a bf16 tensor, and ``run`` takes its bit patterns
+    (uint16, as :func:`lensengine.engine.bf16split.split_input_bits` makes them).
     """
     import numpy as np
     import openvino as ov
@@ -346,20 +349,28 @@ def _openvino_runner(path: str, hint: str, threads: int) -> Runner:
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "ENABLE_CPU_PINNING": False}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(path, "CPU", config)
-    _first_inference(compiled)
+    core = ov.Core()
+    model = path
+    if bf16_input:
+        prep = ov.preprocess.PrePostProcessor(core.read_model(path))
+        prep.input(0).tensor().set_element_type(ov.Type.bf16)
+        model = prep.build()
+    compiled = core.compile_model(model, "CPU", config)
+    _first_inference(compiled, bf16_input)
     local = threading.local()
 
     def run(x):
         req = getattr(local, "req", None)
         if req is None:
             req = local.req = compiled.create_infer_request()
+        if bf16_input:  # the bits as a bf16 tensor over the same memory (NumPy has no bf16 type)
+            x = ov.Tensor(np.ascontiguousarray(x, np.uint16), x.shape, ov.Type.bf16)
         return np.array(req.infer({0: x})[0], dtype=np.float32, copy=True)
 
     return run
 
 
-def _first_inference(compiled) -> None:
+def _first_inference(compiled, bf16_input: bool = False) -> None:
     """Run ``compiled`` once on one zero input, in the thread that built it, before any lane calls it.
 
     OpenVINO's Python binding initialises C++ function-local statics on its first inference, and one
@@ -372,10 +383,15 @@ def _first_inference(compiled) -> None:
     thread the statics exist, and none of 12 did (``tests/engine/test_runners.py``).
     """
     import numpy as np
+    import openvino as ov
 
     port = compiled.input(0)
     shape = [1 if dim.is_dynamic else dim.get_length() for dim in port.get_partial_shape()]
-    compiled.create_infer_request().infer({0: np.zeros(shape, port.get_element_type().to_dtype())})
+    if bf16_input:
+        zeros = ov.Tensor(np.zeros(shape, np.uint16), shape, ov.Type.bf16)
+    else:
+        zeros = np.zeros(shape, port.get_element_type().to_dtype())
+    compiled.create_infer_request().infer({0: zeros})
 
 
 def build_runner(model, runner: str, device: str = "auto", threads: int = 0) -> Runner:
@@ -392,12 +408,12 @@ def build_runner(model, runner: str, device: str = "auto", threads: int = 0) -> 
     if name == "ort-int8":
         return _ort_runner(str(quantized_model(model)), model, "cpu", threads)
     if name in SPLIT_PARTS:
-        from lensengine.engine.bf16split import split_input, split_model
+        from lensengine.engine.bf16split import split_input_bits, split_model
 
         parts = SPLIT_PARTS[name]
         path = split_model(model, _model_sha(model), cache_dir() / "runners", parts, lambda: calibration_inputs(model))
-        run = _openvino_runner(str(path), "bf16", threads)
-        return lambda x: run(split_input(x, parts))
+        run = _openvino_runner(str(path), "bf16", threads, bf16_input=True)
+        return lambda x: run(split_input_bits(x, parts))
     if name.startswith("openvino-"):
         precision = name.split("-", 1)[1]
         path = quantized_model(model) if precision == "int8" else model.path

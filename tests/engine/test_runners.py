@@ -176,6 +176,31 @@ def test_each_runner_agrees_with_fp32_within_its_bound(name, shipped, simulated)
     assert not np.array_equal(p, ref) or bound == 0.0 or name.endswith("fp32")  # it really ran another way
 
 
+@pytest.mark.parametrize("parts", [2, 3])
+def test_the_split_runners_bf16_bits_score_exactly_as_their_fp32_parts(parts, shipped, simulated):
+    """The split runners hand OpenVINO the parts as a bf16 tensor of bit patterns: the same numbers as the
+    float32 parts, so the same scores bit for bit (at fp32 on any CPU; at bf16 where the CPU has it)."""
+    pytest.importorskip("openvino", reason="the split runners run on OpenVINO (the fast extra)")
+    pytest.importorskip("onnx", reason="the split copy is written with onnx (the training extra)")
+    from lensengine.engine.bf16split import split_input, split_input_bits, split_model
+
+    model, x = shipped["OU-66"], simulated["OU-66"]
+    bits = split_input_bits(x, parts)
+    assert bits.dtype == np.uint16 and bits.shape == (len(x), parts * x.shape[1], *x.shape[2:])
+    parts32 = split_input(x, parts)
+    np.testing.assert_array_equal(np.left_shift(bits.astype(np.uint32), 16).view(np.float32), parts32)
+    path = str(split_model(model, runners._model_sha(model), runners.cache_dir() / "runners", parts,
+                           lambda: runners.calibration_inputs(model)))
+    hints = ["f32"] + (["bf16"] if "BF16" in runners._openvino_capabilities() else [])
+    for hint in hints:
+        as_bits = runners._openvino_runner(path, hint, 1, bf16_input=True)(split_input_bits(x, parts))
+        as_floats = runners._openvino_runner(path, hint, 1)(parts32)
+        np.testing.assert_array_equal(as_bits, as_floats, err_msg=f"hint {hint}")
+    hi_only = split_input_bits(x, parts).copy()
+    hi_only[:, x.shape[1]:2 * x.shape[1]] = 0  # without x_lo the scores move: the bits do reach the network
+    assert not np.array_equal(runners._openvino_runner(path, "f32", 1, bf16_input=True)(hi_only), as_bits)
+
+
 def test_the_int8_copy_is_made_once_and_reused(shipped):
     if runners.runner_problem("ort-int8", shipped["OU-J"], "cpu"):
         pytest.skip(runners.runner_problem("ort-int8", shipped["OU-J"], "cpu"))
