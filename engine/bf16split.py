@@ -80,8 +80,9 @@ def split_input_bits(x: np.ndarray, parts: int = 3) -> np.ndarray:
     ``x_hi`` is ``x`` rounded to nearest (ties to even) as in :func:`bf16_parts`, ``x_lo`` the exact rest
     ``x - x_hi`` truncated to bf16, which keeps ``x_hi + x_lo`` within 2⁻¹⁵ of ``x``.  The runners hand these
     bits to OpenVINO as a bf16 tensor: the same numbers as fp32 parts, but half the bytes to read, and no
-    conversion inside the network (1.08–1.21× the split networks' calls, the same scores; stop 40).  It runs on
-    every batch, so it works in place in two arrays the process's buffer pool has free (engine/buffers.py).
+    conversion inside the network (the split runners 1.05–1.31× faster on an AMX CPU, the same scores; stop
+    40).  It runs on every batch, so it works in place in two arrays the process's buffer pool has free
+    (engine/buffers.py).
     """
     from lensengine.engine.buffers import pool
 
