@@ -13,6 +13,7 @@ fill value, as in zarr. Any other layout, and any remote store, is read by zarr.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,37 @@ from numcodecs import blosc
 _ABSENT = 2**64 - 1
 #: The environment switch that sends every read through zarr (``off``), for comparison and as a way out.
 SWITCH = "LENSENGINE_DIRECT_READ"
+
+
+class _ReadBuffers:
+    """Byte buffers that the compressed inner chunks are read into, handed out one per read and kept after it.
+
+    Reading a chunk into a new ``bytes`` object each time gives the kernel fresh pages to fill.  Inside a
+    Dask worker, whose malloc settings put every large allocation in new pages, those page faults were 40 %
+    of a run's (stop 40, ``docs/performance.md``).  A buffer kept from an earlier read has its pages already.
+    """
+
+    def __init__(self, keep: int = 4):
+        self._free: list[bytearray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+            if self._free:
+                self._free.pop(0)  # too small for this store's chunks: let it go
+        return bytearray(size + size // 4)  # room for the next chunks, whose compressed sizes vary a little
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buf)
+
+
+_buffers = _ReadBuffers()
 
 
 @dataclass(frozen=True)
@@ -95,13 +127,17 @@ class ShardLayout:
                 if offset + length > end - size:
                     raise ValueError(f"inner chunk {j} lies outside the shard's data ({offset}+{length} bytes)")
                 fh.seek(offset)
-                data = fh.read(length)
-                stored = int.from_bytes(data[4:8], "little") if len(data) >= 16 else -1
-                if stored != chunk_bytes:
-                    raise ValueError(f"inner chunk {j} holds {stored} bytes, expected {chunk_bytes}")
-                whole = b - a == self.inner
-                target = dest if whole else np.empty((self.inner, *self.shape), np.float32)
-                blosc.decompress(data, target)
+                buf = _buffers.take(length)
+                try:
+                    data = memoryview(buf)[:fh.readinto(memoryview(buf)[:length])]
+                    stored = int.from_bytes(data[4:8], "little") if len(data) >= 16 else -1
+                    if stored != chunk_bytes:
+                        raise ValueError(f"inner chunk {j} holds {stored} bytes, expected {chunk_bytes}")
+                    whole = b - a == self.inner
+                    target = dest if whole else np.empty((self.inner, *self.shape), np.float32)
+                    blosc.decompress(data, target)
+                finally:  # the chunk is decoded (or the read failed): nothing reads the buffer after this
+                    _buffers.give(buf)
                 if not whole:
                     dest[...] = target[a - j * self.inner:b - j * self.inner]
         return out

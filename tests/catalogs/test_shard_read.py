@@ -50,6 +50,30 @@ def test_direct_reads_equal_zarr_and_the_written_cutouts(sharded, monkeypatch, s
         np.testing.assert_array_equal(got, getattr(expected, name)[start:stop])
 
 
+def test_reads_reuse_their_buffers_and_threads_reading_at_once_get_their_own(sharded, monkeypatch):
+    """The compressed chunks are read into kept buffers (no fresh pages per read), and four threads reading
+    different rows at once each decode their own chunks: every read equals the written cutouts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lensengine.catalogs import _shard_read
+
+    path, expected = sharded
+    made = []
+    monkeypatch.setattr(_shard_read, "_buffers", _shard_read._ReadBuffers())
+    real_bytearray = bytearray
+    monkeypatch.setattr(_shard_read, "bytearray", lambda n: made.append(n) or real_bytearray(n), raising=False)
+    store = SurveyStore.open(path)
+    for _ in range(3):
+        store.read("t0", 0, 100)
+    assert 0 < len(made) <= 2  # the first read made its buffers (vis, nisp); the later reads reused them
+    ranges = [(0, 100), (3, 97), (31, 65), (64, 100)] * 6
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda r: SurveyStore.open(path).read("t0", *r), ranges))
+    for (a, b), piece in zip(ranges, got):
+        np.testing.assert_array_equal(piece.vis, expected.vis[a:b])
+        np.testing.assert_array_equal(piece.nisp, expected.nisp[a:b])
+
+
 def test_a_lossy_store_reads_the_same(tmp_path, rng, monkeypatch):
     store = SurveyStore.create(tmp_path / "l.zarr", survey="test", chunk_size=64, codec="lossy")
     store.append("t0", make_batch(rng, 50, truth=False))
