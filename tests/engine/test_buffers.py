@@ -97,3 +97,32 @@ def test_resize_into_pooled_arrays_is_bit_identical(n_in, n_out):
     pool = BufferPool(enabled=True)
     for _ in range(2):  # the second time into reused memory
         assert resize_batch(images, n_out, pool).tobytes() == resize_batch(images, n_out).tobytes()
+
+
+def test_a_workers_sub_batches_in_flight_reuse_every_plane_once_the_pool_is_warm(monkeypatch):
+    """A scoring worker holds about five sub-batches at once (one being read, two waiting, two being scored), and
+    each holds four planes of one shape (the four bands at 66 px and at 200 px).  With the default caps the pool
+    keeps them all: after the first five sub-batches no preprocessing array is new memory."""
+    from collections import deque
+
+    pool = BufferPool(enabled=True)
+    rng = np.random.default_rng(5)
+    bands = {"VIS": rng.gamma(2.0, 1.0, (8, 200, 200)).astype(np.float32)}
+    for b in ("Y", "J", "H"):
+        bands[b] = rng.gamma(2.0, 1.0, (8, 66, 66)).astype(np.float32)
+    prep = Preprocessor(SEVEN, buffers=pool)
+    made = []
+    real_empty = np.empty
+
+    def counted_empty(shape, dtype=np.float32, **kwargs):
+        made.append(shape)
+        return real_empty(shape, dtype, **kwargs)
+
+    monkeypatch.setattr(np, "empty", counted_empty)
+    in_flight = deque(maxlen=5)  # the oldest sub-batch is let go as a new one comes in
+    for _ in range(6):
+        in_flight.append(prep(bands, 8))
+    warm = len(made)
+    for _ in range(6):
+        in_flight.append(prep(bands, 8))
+    assert warm > 0 and len(made) == warm, f"{len(made) - warm} new arrays after the pool was warm"
