@@ -42,9 +42,9 @@ class _ReadBuffers:
 
     def take(self, size: int) -> bytearray:
         with self._lock:
-            for i, buf in enumerate(self._free):
-                if len(buf) >= size:
-                    return self._free.pop(i)
+            fits = [i for i, buf in enumerate(self._free) if len(buf) >= size]
+            if fits:  # the smallest that fits: a VIS chunk's buffer stays for the VIS reads of other threads
+                return self._free.pop(min(fits, key=lambda i: len(self._free[i])))
             if self._free:
                 self._free.pop(0)  # too small for this store's chunks: let it go
         return bytearray(size + size // 4)  # room for the next chunks, whose compressed sizes vary a little

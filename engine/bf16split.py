@@ -88,19 +88,12 @@ def split_input_bits(x: np.ndarray, parts: int = 3) -> np.ndarray:
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = x.shape[1]
-    u = x.view(np.uint32)
     out = pool.empty((x.shape[0], parts * c, *x.shape[2:]), np.uint16)
-    r = pool.empty(x.shape, np.uint32)
-    np.right_shift(u, np.uint32(16), out=r)  # x rounded to nearest even: the high half of u + 0x7FFF + lsb
-    np.bitwise_and(r, np.uint32(1), out=r)
-    np.add(r, np.uint32(0x7FFF), out=r)
-    np.add(r, u, out=r)
+    part = _to_bf16(x, out=pool.empty(x.shape))  # x_hi, a float32 whose low 16 bits are zero
     high = slice(1, None, 2) if sys.byteorder == "little" else slice(0, None, 2)  # a float32's high 16 bits
-    out[:, :c] = r.view(np.uint16)[..., high]
-    np.bitwise_and(r, _HIGH, out=r)  # x_hi as a float32
-    rest = r.view(np.float32)
-    np.subtract(x, rest, out=rest)  # x - x_hi: exact
-    out[:, c:2 * c] = rest.view(np.uint16)[..., high]  # truncated to bf16
+    out[:, :c] = part.view(np.uint16)[..., high]
+    np.subtract(x, part, out=part)  # x - x_hi: exact
+    out[:, c:2 * c] = part.view(np.uint16)[..., high]  # truncated to bf16
     if parts == 3:
         out[:, 2 * c:] = out[:, :c]
     return out

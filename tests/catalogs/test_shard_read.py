@@ -130,3 +130,15 @@ def test_an_absent_inner_chunk_reads_as_the_fill_value_as_in_zarr(sharded, monke
     np.testing.assert_array_equal(direct, SurveyStore.open(path).read("t0", 20, 40).vis)
     np.testing.assert_array_equal(direct[:12], expected.vis[20:32])
     assert np.isnan(direct[12:]).all()
+
+
+def test_a_read_takes_the_smallest_kept_buffer_that_fits():
+    from lensengine.catalogs._shard_read import _ReadBuffers
+
+    buffers = _ReadBuffers()
+    small, large = buffers.take(100), buffers.take(1000)
+    buffers.give(large)
+    buffers.give(small)
+    assert buffers.take(50) is small  # not the large one, which a large chunk of another thread needs
+    assert buffers.take(900) is large
+    assert len(buffers.take(2000)) >= 2000  # nothing kept fits: a new one
