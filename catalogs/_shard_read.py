@@ -95,14 +95,18 @@ class ShardLayout:
         except Exception:  # noqa: BLE001 - any metadata this module does not understand: zarr reads it
             return None
 
-    def read(self, path: Path, first: int, start: int, stop: int) -> np.ndarray:
+    def read(self, path: Path, first: int, start: int, stop: int, empty=None) -> np.ndarray:
         """Rows ``[start, stop)`` (array coordinates) of the shard file ``path``, whose first row is ``first``.
+
+        ``empty(shape, dtype)`` makes the result array (default ``np.empty``): a caller that reads piece after
+        piece of the same size can hand out arrays it keeps (the engine's buffer pool), whose pages the kernel
+        has already given, instead of a new 20 MB array a read (stop 41, ``docs/performance.md``).
 
         Raises ``ValueError`` or ``RuntimeError`` naming what is wrong: a file too short for its index, an
         index whose checksum does not match, an inner chunk that does not decode to its size.
         """
         n_inner = self.rows // self.inner
-        out = np.empty((stop - start, *self.shape), np.float32)
+        out = (empty or np.empty)((stop - start, *self.shape), np.float32)
         if stop <= start:
             return out
         chunk_bytes = self.inner * out[0].nbytes

@@ -460,8 +460,13 @@ class SurveyStore:
         start, stop = slices[index]
         return self._read_piece(tile, index, start, stop)
 
-    def read(self, tile: str, start: int, stop: int) -> CutoutBatch:
-        """Read committed cutouts ``[start, stop)`` of a tile (any range)."""
+    def read(self, tile: str, start: int, stop: int, *, empty=None) -> CutoutBatch:
+        """Read committed cutouts ``[start, stop)`` of a tile (any range).
+
+        ``empty(shape, dtype)``, if given, makes the image arrays of a range within one chunk of a read-only
+        local store (the direct shard reads): the scoring workers pass their buffer pool, so that the image
+        pieces they read one after another reuse memory instead of faulting in new pages every time.
+        """
         n = self.n_cutouts(tile)
         if not 0 <= start <= stop <= n:
             raise IndexError(f"range [{start}, {stop}) outside the {n} committed cutouts of tile {tile!r}")
@@ -469,10 +474,13 @@ class SurveyStore:
         if start == stop:
             return self._read_piece(tile, start // cs, start, stop)
         edges = [start, *range((start // cs + 1) * cs, stop, cs), stop]
+        if len(edges) == 2:
+            return self._read_piece(tile, start // cs, start, stop, empty)
+        # pieces of several chunks are joined into new arrays: the pieces themselves are short-lived
         pieces = [self._read_piece(tile, a // cs, a, b) for a, b in zip(edges[:-1], edges[1:])]
         return CutoutBatch.concatenate(pieces)
 
-    def _read_piece(self, tile: str, index: int, start: int, stop: int) -> CutoutBatch:
+    def _read_piece(self, tile: str, index: int, start: int, stop: int, empty=None) -> CutoutBatch:
         images = [name for name in self._arrays() if name in layout.IMAGE_SHAPES]
         small = [name for name in self._arrays() if name not in layout.IMAGE_SHAPES]
         first = index * self.chunk_size
@@ -482,12 +490,13 @@ class SurveyStore:
             data = {name: rows[name][start - first:stop - first].copy() for name in small}  # callers may write
         else:
             data = self._as_text(self._read_arrays(tile, index, start, stop, small))
-        data.update(self._read_arrays(tile, index, start, stop, images))
+        data.update(self._read_arrays(tile, index, start, stop, images, empty))
         truth = {name: data[f"truth/{name}"] for name in self.truth_columns}
         return CutoutBatch(object_id=data["object_id"], ra=data["ra"], dec=data["dec"], vis=data.get("vis"),
                            nisp=data.get("nisp"), flags=data["flags"], truth=truth, held=self.bands)
 
-    def _read_arrays(self, tile: str, index: int, start: int, stop: int, names: list[str]) -> dict[str, np.ndarray]:
+    def _read_arrays(self, tile: str, index: int, start: int, stop: int, names: list[str],
+                     empty=None) -> dict[str, np.ndarray]:
         """Rows ``[start, stop)`` of the named arrays, all within chunk ``index``; :class:`ChunkReadError` if not read."""
         # zarr reads a missing chunk as fill values, which must not pass for data: check the chunk files
         # exist.  On a disk that is cheap, before reading; at a URL each check is a request, so only the
@@ -502,7 +511,7 @@ class SurveyStore:
                 if direct is not None:  # a read-only local store: the shard file decoded in this thread
                     ndim = 1 + len(direct.shape)
                     path = layout.chunk_file(self.location.local, tile, name, index, ndim)
-                    data[name] = direct.read(path, index * direct.rows, start, stop)
+                    data[name] = direct.read(path, index * direct.rows, start, stop, empty)
                 else:
                     data[name] = self._array(tile, name)[start:stop]
             except Exception as exc:  # noqa: BLE001 - any decoding failure of one chunk must not stop a run

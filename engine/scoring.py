@@ -507,7 +507,7 @@ def _store_sub_batches(store, task: ChunkTask, read: list) -> Iterator[tuple[int
     step = max(task.batch_size, READ_PIECE // task.batch_size * task.batch_size)
     for a in range(task.start, task.stop, step) or (task.start,):  # an empty task still reads its (empty) range
         b = min(a + step, task.stop)
-        piece = store.read(task.tile, a, b)
+        piece = store.read(task.tile, a, b, empty=pool.empty)  # image pieces in kept memory (engine/buffers.py)
         if len(piece) != b - a:
             raise ChunkReadError(task.tile, task.index, f"read {len(piece)} cutouts of rows [{a}, {b}), "
                                                         f"expected {b - a}")

@@ -142,3 +142,25 @@ def test_a_read_takes_the_smallest_kept_buffer_that_fits():
     assert buffers.take(50) is small  # not the large one, which a large chunk of another thread needs
     assert buffers.take(900) is large
     assert len(buffers.take(2000)) >= 2000  # nothing kept fits: a new one
+
+
+def test_a_read_within_a_chunk_makes_its_images_with_the_callers_allocator(sharded):
+    """``read(..., empty=...)``: the direct reads decode into the arrays the caller's allocator gives (the
+    engine's buffer pool), with the same values; a range over two chunks is read as before and joined into new
+    arrays, which the allocator does not give."""
+    path, expected = sharded
+    store = SurveyStore.open(path)
+    given = []
+
+    def empty(shape, dtype):
+        given.append(np.full(shape, -1.0, dtype))  # not zeros: a row the read skipped would show
+        return given[-1]
+
+    piece = store.read("t0", 8, 40, empty=empty)
+    assert [a.shape for a in given] == [(32, 200, 200), (32, 3, 66, 66)]
+    assert piece.vis is given[0] and piece.nisp is given[1]
+    np.testing.assert_array_equal(piece.vis, expected.vis[8:40])
+    np.testing.assert_array_equal(piece.nisp, expected.nisp[8:40])
+    across = store.read("t0", 60, 70, empty=empty)
+    assert len(given) == 2  # pieces of two chunks: read into short-lived arrays and joined into new ones
+    np.testing.assert_array_equal(across.vis, expected.vis[60:70])

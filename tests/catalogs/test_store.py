@@ -148,10 +148,10 @@ def test_pieces_of_a_chunk_decode_its_small_columns_once(small_store, monkeypatc
     decoded = []  # (chunk, start, stop) of every read of the object IDs
     read_arrays = store._read_arrays
 
-    def counting(tile, index, start, stop, names):
+    def counting(tile, index, start, stop, names, empty=None):
         if "object_id" in names:
             decoded.append((index, start, stop))
-        return read_arrays(tile, index, start, stop, names)
+        return read_arrays(tile, index, start, stop, names, empty)
 
     monkeypatch.setattr(store, "_read_arrays", counting)
     pieces = [store.read("t0", a, min(a + 5, 40)) for a in range(0, 40, 5)]  # pieces within chunks of 16

@@ -126,3 +126,38 @@ def test_a_workers_sub_batches_in_flight_reuse_every_plane_once_the_pool_is_warm
     for _ in range(6):
         in_flight.append(prep(bands, 8))
     assert warm > 0 and len(made) == warm, f"{len(made) - warm} new arrays after the pool was warm"
+
+
+def test_a_workers_store_pieces_reuse_the_pools_arrays_and_score_the_same(tmp_path, tiny_models, monkeypatch):
+    """score_chunk reads the store piece by piece into the pool's arrays (a piece's 200-px images are tens of MB,
+    faulted in afresh on every read before stop 41): eight pieces read need no more new image arrays than are
+    in flight at once, and the scores are those of a run with the pool off."""
+    from lensengine.engine import scoring
+    from lensengine.engine.models import load_entry
+
+    from .conftest import make_store
+
+    make_store(tmp_path / "s.zarr", tiles=("T0",), n_per_tile=512, chunk_size=256, bad=False)
+    ou_j = (load_entry(next(tiny_models.glob("*OU_J.onnx"))),)
+    monkeypatch.setattr(scoring, "READ_PIECE", 64)  # pieces of 64 in sub-batches of 16: eight pieces, four
+    piece = (64, 200, 200)                           # sub-batches each, as a worker's 128 in sub-batches of 32
+
+    def scores(pool):
+        monkeypatch.setattr(scoring, "pool", pool)
+        made = []
+        real_empty = np.empty
+
+        def counted_empty(shape, dtype=np.float32, **kwargs):
+            made.append(tuple(shape))
+            return real_empty(shape, dtype, **kwargs)
+
+        monkeypatch.setattr(np, "empty", counted_empty)
+        rows = list(scoring.score_store(tmp_path / "s.zarr", ou_j, None, device="cpu", threads=2, batch_size=16))
+        monkeypatch.setattr(np, "empty", real_empty)
+        return np.concatenate([r["P_OU_J"] for r in rows]), made.count(piece)
+
+    pooled, new_pooled = scores(BufferPool(enabled=True))
+    fresh, new_fresh = scores(BufferPool(enabled=False))
+    assert new_fresh == 8  # every piece a new array without the pool
+    assert 1 <= new_pooled <= 3, f"{new_pooled} new piece arrays for 8 pieces"
+    assert pooled.tobytes() == fresh.tobytes() and np.isfinite(pooled).all()
