@@ -188,7 +188,8 @@ def minmax_batch(images: np.ndarray, overwrite: bool = False,
     with np.errstate(over="ignore", invalid="ignore"):
         scaled = np.subtract(images, lo, out=images if overwrite else out, dtype=np.float32)
         scaled /= np.where(constant | wide, np.float32(1), span)
-    np.copyto(scaled, np.float32(0), where=constant)
+    if constant.any():  # a masked pass over every pixel: only where some image is constant
+        np.copyto(scaled, np.float32(0), where=constant)
     if big is not None:
         low = big.min(axis=(-2, -1), keepdims=True)
         scaled[at] = ((big - low) / (big.max(axis=(-2, -1), keepdims=True) - low)).astype(np.float32)
