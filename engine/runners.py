@@ -363,9 +363,7 @@ def _openvino_runner(path: str, hint: str, threads: int, bf16_input: bool = Fals
         req = getattr(local, "req", None)
         if req is None:
             req = local.req = compiled.create_infer_request()
-        if bf16_input:  # the bits as a bf16 tensor over the same memory (NumPy has no bf16 type)
-            x = ov.Tensor(np.ascontiguousarray(x, np.uint16), x.shape, ov.Type.bf16)
-        return np.array(req.infer({0: x})[0], dtype=np.float32, copy=True)
+        return np.array(req.infer({0: _bf16_tensor(x) if bf16_input else x})[0], dtype=np.float32, copy=True)
 
     return run
 
@@ -383,15 +381,20 @@ def _first_inference(compiled, bf16_input: bool = False) -> None:
     thread the statics exist, and none of 12 did (``tests/engine/test_runners.py``).
     """
     import numpy as np
-    import openvino as ov
 
     port = compiled.input(0)
     shape = [1 if dim.is_dynamic else dim.get_length() for dim in port.get_partial_shape()]
-    if bf16_input:
-        zeros = ov.Tensor(np.zeros(shape, np.uint16), shape, ov.Type.bf16)
-    else:
-        zeros = np.zeros(shape, port.get_element_type().to_dtype())
-    compiled.create_infer_request().infer({0: zeros})
+    zeros = np.zeros(shape, np.uint16 if bf16_input else port.get_element_type().to_dtype())
+    compiled.create_infer_request().infer({0: _bf16_tensor(zeros) if bf16_input else zeros})
+
+
+def _bf16_tensor(bits):
+    """bf16 bit patterns (uint16) as an OpenVINO bf16 tensor over the same memory (NumPy has no bf16 type)."""
+    import numpy as np
+    import openvino as ov
+
+    bits = np.ascontiguousarray(bits, np.uint16)
+    return ov.Tensor(bits, bits.shape, ov.Type.bf16)
 
 
 def build_runner(model, runner: str, device: str = "auto", threads: int = 0) -> Runner:
