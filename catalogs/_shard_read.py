@@ -1,4 +1,4 @@
-"""Rows of a sharded image array read straight from a local shard file, in the calling thread.
+"""Rows of a store's arrays read straight from their local chunk files, in the calling thread.
 
 zarr reads a piece of a shard through its event-loop thread and a pool of decoding threads. Beside a
 run's two network threads on two cores, those hand-overs cost far more than the decoding itself: in a
@@ -7,7 +7,10 @@ the same reads alone (stop 36, ``docs/performance.md``). For the layout this pro
 with little-endian bytes and Blosc inside, a CRC32C-checked index at the end of the shard) this module
 does what zarr does, without the threads: it reads the shard's index, checks its checksum, and decodes
 the inner chunks a range of rows needs with Blosc into the output. A missing inner chunk reads as the
-fill value, as in zarr. Any other layout, and any remote store, is read by zarr.
+fill value, as in zarr. The small per-cutout columns (IDs, positions, flags, numeric truth; one Blosc chunk per
+file) are read the same way by :class:`ChunkLayout`: through zarr, the 40-odd columns of a simulated store took
+about 28 ms per chunk, the first piece of every chunk, while the run's networks waited for it (stop 42). Any
+other layout (text columns among them), and any remote store, is read by zarr.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 from numcodecs import blosc
+from numcodecs.vlen import VLenUTF8
 
 #: Offset and length of an inner chunk the shard does not hold (zarr's sharding specification).
 _ABSENT = 2**64 - 1
@@ -151,3 +155,56 @@ def _little_endian(codec) -> bool:
     """Whether a zarr ``bytes`` codec stores little-endian (or leaves the order unset, as for one-byte types)."""
     endian = getattr(codec.endian, "value", codec.endian)
     return endian in ("little", None)
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """What reading one unsharded 1-D array needs: rows per chunk file and the dtype (Blosc inside)."""
+
+    rows: int            # rows per chunk file
+    dtype: np.dtype      # object for a text column
+    shape: tuple = ()    # one row's shape (a scalar), as :class:`ShardLayout` has it
+
+    @classmethod
+    def of(cls, array) -> "ChunkLayout | None":
+        """The layout of a zarr array if this module can read it, else ``None`` (zarr reads it)."""
+        if os.environ.get(SWITCH, "").lower() in ("off", "0", "no", "false"):
+            return None
+        try:
+            from zarr.codecs import BloscCodec, BytesCodec, VLenUTF8Codec
+
+            meta = array.metadata
+            kinds = [type(c) for c in meta.codecs]
+            if len(array.shape) != 1 or len(kinds) != 2 or kinds[1] is not BloscCodec:
+                return None
+            if kinds[0] is VLenUTF8Codec:  # a text column
+                dtype = np.dtype(object)
+            else:
+                dtype = np.dtype(array.dtype)
+                if kinds[0] is not BytesCodec or not _little_endian(meta.codecs[0]) or dtype.kind not in "biuf":
+                    return None
+            return cls(rows=int(meta.chunk_grid.chunk_shape[0]), dtype=dtype)
+        except Exception:  # noqa: BLE001 - any metadata this module does not understand: zarr reads it
+            return None
+
+    def read(self, path: Path, first: int, start: int, stop: int, empty=None) -> np.ndarray:
+        """Rows ``[start, stop)`` (array coordinates) of the chunk file ``path``, whose first row is ``first``.
+
+        ``empty`` is accepted for the same call as :meth:`ShardLayout.read` and not used: these columns are
+        small.  Raises ``ValueError`` when the file does not decode to one whole chunk.
+        """
+        data = Path(path).read_bytes()
+        if self.dtype.kind == "O":  # text: Blosc around zarr's variable-length UTF-8 encoding
+            whole = _VLEN_UTF8.decode(blosc.decompress(data))
+            if len(whole) != self.rows:
+                raise ValueError(f"chunk holds {len(whole)} strings, expected {self.rows}")
+        else:
+            whole = np.empty(self.rows, self.dtype)
+            stored = int.from_bytes(data[4:8], "little") if len(data) >= 16 else -1
+            if stored != whole.nbytes:
+                raise ValueError(f"chunk holds {stored} bytes, expected {whole.nbytes}")
+            blosc.decompress(data, whole)
+        return whole[start - first:stop - first].copy()
+
+
+_VLEN_UTF8 = VLenUTF8()

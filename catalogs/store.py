@@ -34,7 +34,7 @@ import numpy as np
 
 from lensengine.catalogs import _zarr_layout as layout
 from lensengine.catalogs._location import Location, as_location, is_url, location_key
-from lensengine.catalogs._shard_read import ShardLayout
+from lensengine.catalogs._shard_read import ChunkLayout, ShardLayout
 from lensengine.catalogs._zarr_layout import FORMAT_NAME, FORMAT_VERSION
 from lensengine.catalogs.vocabulary import BANDS, NATIVE_STAMP, NISP_BANDS, PIXEL_SCALE
 
@@ -440,13 +440,15 @@ class SurveyStore:
             self._array_cache[key] = self._tile(tile)[name]
         return self._array_cache[key]
 
-    def _direct(self, tile: str, name: str) -> "ShardLayout | None":
-        """How to read a sharded image array without zarr's threads (:mod:`._shard_read`), read-only mode only."""
-        if self.mode != "r" or name not in layout.IMAGE_SHAPES:
+    def _direct(self, tile: str, name: str) -> "ShardLayout | ChunkLayout | None":
+        """How to read an array without zarr's threads (:mod:`._shard_read`), read-only mode only: a sharded
+        image array, or a small numeric column."""
+        if self.mode != "r":
             return None
         key = (tile, name, "direct")
         if key not in self._array_cache:
-            self._array_cache[key] = ShardLayout.of(self._array(tile, name))
+            kind = ShardLayout if name in layout.IMAGE_SHAPES else ChunkLayout
+            self._array_cache[key] = kind.of(self._array(tile, name))
         return self._array_cache[key]
 
     def _arrays(self) -> list[str]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lensengine.catalogs._shard_read import SWITCH, ShardLayout
+from lensengine.catalogs._shard_read import SWITCH, ChunkLayout, ShardLayout
 from lensengine.catalogs.store import ChunkReadError, CutoutBatch, SurveyStore
 
 from .conftest import make_batch
@@ -30,10 +30,12 @@ def test_the_store_layout_is_read_directly(sharded, monkeypatch):
     vis, nisp = store._direct("t0", "vis"), store._direct("t0", "nisp")
     assert vis == ShardLayout(rows=64, inner=32, shape=(200, 200), fill=vis.fill) and np.isnan(vis.fill)
     assert nisp.shape == (3, 66, 66) and nisp.inner == 32
-    assert store._direct("t0", "object_id") is None  # not an image array: zarr reads it
+    assert store._direct("t0", "object_id") == ChunkLayout(rows=64, dtype=np.dtype("int64"))  # a small column
+    assert store._direct("t0", "truth/label") == ChunkLayout(rows=64, dtype=np.dtype("int8"))
     assert ShardLayout.of(store._array("t0", "object_id")) is None  # not sharded
     monkeypatch.setenv(SWITCH, "off")
     assert ShardLayout.of(store._array("t0", "vis")) is None
+    assert ChunkLayout.of(store._array("t0", "object_id")) is None
     assert SurveyStore.open(path, mode="a")._direct("t0", "vis") is None  # a store being written: zarr
 
 
@@ -130,6 +132,40 @@ def test_an_absent_inner_chunk_reads_as_the_fill_value_as_in_zarr(sharded, monke
     np.testing.assert_array_equal(direct, SurveyStore.open(path).read("t0", 20, 40).vis)
     np.testing.assert_array_equal(direct[:12], expected.vis[20:32])
     assert np.isnan(direct[12:]).all()
+
+
+@pytest.mark.parametrize("start,stop", [(0, 40), (0, 5), (14, 18), (16, 32), (33, 40), (39, 40)])
+def test_small_columns_are_read_directly_and_equal_zarrs_read(small_store, monkeypatch, start, stop):
+    """IDs, positions, flags and truth (numeric, bool and text) come from the chunk files without zarr, with
+    zarr's values and dtypes; the last chunk is partly written."""
+    import zarr
+
+    store, expected = small_store
+    assert SurveyStore.open(store.path)._direct("t0", "truth/kind") == ChunkLayout(rows=16, dtype=np.dtype(object))
+    with monkeypatch.context() as m:  # any read through zarr fails: every column must be read directly
+        m.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("read through zarr"))
+        direct = SurveyStore.open(store.path).read("t0", start, stop)
+    monkeypatch.setenv(SWITCH, "off")
+    through_zarr = SurveyStore.open(store.path).read("t0", start, stop)
+    for name in ("object_id", "ra", "dec", "flags"):
+        got, want = getattr(direct, name), getattr(through_zarr, name)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    np.testing.assert_array_equal(direct.object_id, expected.object_id[start:stop])
+    assert direct.truth.keys() == through_zarr.truth.keys() == {"label", "theta_e", "kind"}
+    for name, got in direct.truth.items():
+        assert got.dtype == through_zarr.truth[name].dtype
+        np.testing.assert_array_equal(got, through_zarr.truth[name])
+        np.testing.assert_array_equal(got, expected.truth[name][start:stop])
+
+
+def test_a_damaged_small_column_is_a_chunk_read_error(small_store):
+    store, _ = small_store
+    (store.path / "tiles" / "t0" / "ra" / "c" / "1").write_bytes(b"not a blosc stream at all")
+    reader = SurveyStore.open(store.path)
+    with pytest.raises(ChunkReadError, match="'ra'") as info:
+        reader.read("t0", 16, 20)
+    assert info.value.index == 1
+    assert len(reader.read("t0", 0, 16)) == 16 and len(reader.read("t0", 32, 40)) == 8  # the other chunks read
 
 
 def test_a_read_takes_the_smallest_kept_buffer_that_fits():
