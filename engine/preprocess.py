@@ -125,11 +125,15 @@ def _resize_blocks(n_in: int, n_out: int) -> tuple[tuple[slice, slice, np.ndarra
     return tuple(blocks)
 
 
-def resize_batch(images: np.ndarray, size: int, buffers: BufferPool | None = None) -> np.ndarray:
+def resize_batch(images: np.ndarray, size: int, buffers: BufferPool | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Resample square images (..., n, n) to (..., size, size) with :func:`resize_matrix` on both axes.
 
     ``buffers`` (a :class:`~lensengine.engine.buffers.BufferPool`) gives the
-    intermediate and the result arrays (the same values as new ones).
+    intermediate and the result arrays (the same values as new ones).  ``out``
+    (float32, (..., size, size), any strides whose rows are contiguous, such as
+    one band of a stacked model input) takes the result instead; it is unused
+    when ``size`` is the images' own.
 
     The products are taken block by block over the matrix's band
     (:func:`_resize_blocks`): the same sums as the dense product without its
@@ -149,7 +153,8 @@ def resize_batch(images: np.ndarray, size: int, buffers: BufferPool | None = Non
     x = images.astype(np.float32, copy=False)
     lead = x.shape[:-2]
     new = buffers.empty if buffers is not None else partial(np.empty, dtype=np.float32)
-    half, out = new((*lead, size, n)), new((*lead, size, size))
+    half = new((*lead, size, n))
+    out = new((*lead, size, size)) if out is None else out
     blocks = _resize_blocks(n, size)
     # image by image (NumPy's stacked products), never one tall product over the batch: BLAS picks its kernel
     # by the matrices' sizes, and an image's result must not depend on how many others share its batch
@@ -184,7 +189,7 @@ def minmax_batch(images: np.ndarray, overwrite: bool = False,
     constant = ~(np.isfinite(span) & (span > 0)) & ~wide
     at = np.nonzero(wide[..., 0, 0])
     big = images[at].astype(np.float64) if at[0].size else None  # read before an overwrite
-    overwrite = overwrite and images.dtype == np.float32 and images.flags.c_contiguous and images.flags.writeable
+    overwrite = overwrite and images.dtype == np.float32 and images.flags.writeable
     with np.errstate(over="ignore", invalid="ignore"):
         scaled = np.subtract(images, lo, out=images if overwrite else out, dtype=np.float32)
         scaled /= np.where(constant | wide, np.float32(1), span)
@@ -304,6 +309,11 @@ class Preprocessor:
     scoring workers pass the process's pool) the resampled planes and the
     stacked inputs are written into arrays that earlier batches let go: the same
     values, without new memory for every batch.
+
+    A plane that only stacked inputs use (OU-200's NISP bands at 200 px, OU-66's
+    VIS at 66 px) is resampled and scaled in its place in the first of those
+    inputs, not in a plane of its own that stacking then copies: the same values,
+    and for the seven networks three fewer copies of a 200-px plane per cutout.
     """
 
     def __init__(self, specs: list[ModelSpec] | tuple[ModelSpec, ...], buffers: BufferPool | None = None):
@@ -314,6 +324,13 @@ class Preprocessor:
             if unknown:
                 raise ValueError(f"model {spec.name} reads bands {sorted(unknown)} the engine does not know")
         self.planes = sorted({(band, spec.stamp) for spec in self.specs for band in spec.bands})
+        #: plane -> (model, band index) of the stacked input it is made in: planes no single-band model reads
+        alone = {(spec.bands[0], spec.stamp) for spec in self.specs if len(spec.bands) == 1}
+        self.homes: dict[tuple[str, int], tuple[str, int]] = {}
+        for spec in self.specs:
+            for k, band in enumerate(spec.bands):
+                if len(spec.bands) > 1 and (band, spec.stamp) not in alone:
+                    self.homes.setdefault((band, spec.stamp), (spec.name, k))
 
     def __call__(self, bands: dict[str, np.ndarray | None], n: int | None = None) -> PreparedBatch:
         if n is None:
@@ -321,25 +338,37 @@ class Preprocessor:
         if n > PREP_SLICE:
             return self._in_slices(bands, n)
         clean, band_flags = inspect_bands(bands, n)
+        empty = np.empty if self.buffers is None else self.buffers.empty
+        inputs = {spec.name: empty((n, len(spec.bands), spec.stamp, spec.stamp), np.float32)
+                  for spec in self.specs if len(spec.bands) > 1}
         planes: dict[tuple[str, int], np.ndarray] = {}
+        placed = set()  # planes made in their place in a stacked input
         for band, stamp in self.planes:
-            resized = resize_batch(clean[band], stamp, self.buffers)
-            # a resampled plane is this batch's own new array: scale it where it is (no second copy)
-            new = resized is not clean[band]
-            out = None if new or self.buffers is None else self.buffers.empty(resized.shape)
-            scaled, constant = minmax_batch(resized, overwrite=new, out=out)
+            home = self.homes.get((band, stamp))
+            dest = None if home is None else inputs[home[0]][:, home[1]]
+            resized = resize_batch(clean[band], stamp, self.buffers, out=dest)
+            if resized is not clean[band]:  # this batch's own array: scale it where it is (no second copy)
+                scaled, constant = minmax_batch(resized, overwrite=True)
+            else:  # the band itself, at its own size: scaled into its place, or into a plane of its own
+                out = dest
+                if out is None and self.buffers is not None:
+                    out = self.buffers.empty(resized.shape)
+                scaled, constant = minmax_batch(resized, out=out)
+            if dest is not None and scaled is dest:
+                placed.add((band, stamp))
             # a band can only become constant through resampling if it was
             # bad already, but never trust that: flag rather than divide by 0
             band_flags[band][constant & (band_flags[band] == 0)] |= np.uint32(Flag.CONSTANT_BAND)
             planes[(band, stamp)] = scaled
-        inputs, usable = {}, {}
+        usable = {}
         for spec in self.specs:
             if len(spec.bands) == 1:  # a view: (n, S, S) -> (n, 1, S, S) is still contiguous
                 inputs[spec.name] = planes[(spec.bands[0], spec.stamp)][:, None]
             else:
-                shape = (n, len(spec.bands), spec.stamp, spec.stamp)
-                inputs[spec.name] = np.stack([planes[(b, spec.stamp)] for b in spec.bands], axis=1,
-                                             out=None if self.buffers is None else self.buffers.empty(shape))
+                for k, band in enumerate(spec.bands):
+                    plane = (band, spec.stamp)
+                    if not (plane in placed and self.homes[plane] == (spec.name, k)):  # not made there: copy it in
+                        inputs[spec.name][:, k] = planes[plane]
             bad = np.zeros(n, dtype=bool)
             for b in spec.bands:
                 bad |= band_flags[b] != 0

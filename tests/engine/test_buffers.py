@@ -148,7 +148,7 @@ def test_a_workers_store_pieces_reuse_the_pools_arrays_and_score_the_same(tmp_pa
         real_empty = np.empty
 
         def counted_empty(shape, dtype=np.float32, **kwargs):
-            made.append(tuple(shape))
+            made.append(tuple(np.atleast_1d(shape)))
             return real_empty(shape, dtype, **kwargs)
 
         monkeypatch.setattr(np, "empty", counted_empty)

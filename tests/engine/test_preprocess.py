@@ -81,9 +81,16 @@ def test_minmax_overwrite_scales_in_place_to_the_same_bits(rng):
     assert scaled is x  # no second array
     assert np.array_equal(scaled.view(np.uint32), expected.view(np.uint32))
     assert np.array_equal(constant, expected_constant)
-    view = copy[:, ::2]  # not contiguous: scaled into a new array, the input left as it was
+    stacked = np.stack([copy, copy + 1], axis=1)  # one band of a stacked input: not contiguous, scaled in place
+    view = stacked[:, 1]
+    expected_view, _ = minmax_batch(view.copy())
     scaled_view, _ = minmax_batch(view, overwrite=True)
-    assert scaled_view is not view and np.array_equal(view, copy[:, ::2], equal_nan=True)
+    assert scaled_view is view and np.shares_memory(scaled_view, stacked)
+    assert np.array_equal(stacked[:, 1].view(np.uint32), expected_view.view(np.uint32))
+    assert np.array_equal(stacked[:, 0], copy, equal_nan=True)  # the other band untouched
+    readonly = copy.copy()
+    readonly.flags.writeable = False
+    assert minmax_batch(readonly, overwrite=True)[0] is not readonly  # read-only: a new array
 
 
 def test_bad_input_is_flagged_per_cutout_and_band(rng):
@@ -175,3 +182,28 @@ def test_a_large_batch_is_prepared_in_slices_to_the_same_bits(rng, monkeypatch, 
     assert np.array_equal(sliced.flags, whole.flags)
     assert sliced.flags[k + 3] & Flag.NONFINITE and sliced.flags[n - 1] & Flag.CONSTANT_BAND
     assert not sliced.usable["OU-H"].any() and sliced.usable["OU-VIS"].sum() == n - 1
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_planes_made_in_place_in_a_stacked_input_equal_the_stacked_planes(rng, pooled):
+    """OU-200's NISP planes and OU-66's VIS plane are resampled and scaled in their place in the stacked input
+    (no plane of their own): every input equals the same model's bands prepared one by one and stacked, bit
+    for bit, with a constant band, a NaN pixel and a missing band among them."""
+    from lensengine.engine.buffers import BufferPool
+
+    n = 9
+    bands = {"VIS": _astro(rng, n, 200), "Y": _astro(rng, n, 66), "J": _astro(rng, n, 66), "H": _astro(rng, n, 66)}
+    bands["J"][2] = 4.0
+    bands["VIS"][5, 3, 3] = np.nan
+    specs = list(MODEL_SPECS.values())
+    prep = Preprocessor(specs, BufferPool() if pooled else None)
+    assert prep.homes == {("VIS", 66): ("OU-66", 3), ("J", 200): ("OU-200", 0), ("Y", 200): ("OU-200", 1),
+                          ("H", 200): ("OU-200", 2)}
+    for case in (bands, {**bands, "H": None}):
+        shared = prep(case)
+        clean, _ = inspect_bands(case, n)
+        for spec in specs:
+            planes = [minmax_batch(resize_batch(clean[b], spec.stamp).copy())[0] for b in spec.bands]
+            expected = np.stack(planes, axis=1)
+            got = shared.inputs[spec.name]
+            assert got.shape == expected.shape and got.tobytes() == expected.tobytes(), spec.name
