@@ -65,7 +65,7 @@ from lensengine.engine.run_state import (
 )
 from lensengine.engine.runners import runner_cards, runner_for, uses_torch_weights
 from lensengine.engine.cascade import plan_cascade
-from lensengine.engine.scoring import ChunkTask, open_store, row_schema, score_chunk, split_lanes
+from lensengine.engine.scoring import ChunkTask, open_store, row_schema, score_chunk, split_lanes, with_read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,15 @@ class RunTask:
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+
+def reading_ahead(tasks: Iterable[RunTask]) -> Iterator[RunTask]:
+    """``tasks`` in order, each piece told the range scored after it (:func:`~lensengine.engine.scoring.with_read_ahead`):
+    for a cluster of one worker, which runs them in the order they are handed out.  Lazy."""
+    for_pieces, for_tasks = itertools.tee(tasks)
+    pieces = with_read_ahead(piece for task in for_pieces for piece in task.pieces)
+    for task in for_tasks:
+        yield dataclasses.replace(task, pieces=tuple(itertools.islice(pieces, len(task.pieces))))
 
 
 def score_task(task: RunTask, writer: "PartWriter | None" = None):
@@ -855,6 +864,8 @@ def _score(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummar
     todo = plan.tasks()
     if summary.n_resumed:
         todo = (t for t in todo if not parts.part_path(t.tile, t.start).is_file())
+    if not opts.scheduler and opts.workers == 1:  # one worker takes the tasks in this order: it may read ahead
+        todo = reading_ahead(todo)
     summary.providers = _providers(client, plan.template)
     log.info("execution provider(s) on the workers: %s", summary.providers)
     resources = {"GPU": 1} if opts.device in ("cuda", "tensorrt") else None

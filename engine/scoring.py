@@ -64,10 +64,26 @@ class ChunkTask:
     precision: str = "fp32"      # "fp32" (ONNX Runtime) or one a make_runner plugin answers ("bf16")
     cascade: Cascade | None = None  # --cascade: the gate (engine.cascade); None scores every model everywhere
     lanes: int = 1               # networks run side by side (each runner then uses ``threads`` threads)
+    #: (tile, index, start, stop) of the range this process scores next, where that is known (one worker, or
+    #: scoring in order in one process): its first piece is read once this task's last one is, while the
+    #: networks score this task's last sub-batches (:func:`_store_sub_batches`)
+    ahead: tuple[str, int, int, int] | None = None
 
     @property
     def key(self) -> str:
         return f"{self.tile}/{self.index}"
+
+
+def with_read_ahead(tasks: Iterator[ChunkTask]) -> Iterator[ChunkTask]:
+    """``tasks`` in order, each told the range of the one after it (``ahead``): for one process scoring them in
+    this order.  Made one task ahead of the iteration, so a lazy sequence stays lazy."""
+    previous = None
+    for task in tasks:
+        if previous is not None:
+            yield dataclasses.replace(previous, ahead=(task.tile, task.index, task.start, task.stop))
+        previous = task
+    if previous is not None:
+        yield previous
 
 
 # --- the row schema ---------------------------------------------------------------
@@ -167,6 +183,30 @@ def _ensemble(path: str | None):
 #: Cutouts read from the store at a time inside a task: large enough that the per-read cost of the small
 #: columns (IDs, truth) stays small, small enough that no task holds more than a few tens of MB of pixels.
 READ_PIECE = 128
+
+
+class _ReadAhead:
+    """The first piece of the range a process scores next, read while its networks finish the current one.
+
+    At most one piece is held; taking it (or anything else) empties the slot, so a piece that was not
+    wanted after all (another range came next) is let go at the next task's start.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._slot: tuple | None = None
+
+    def put(self, key: tuple, piece) -> None:
+        with self._lock:
+            self._slot = (key, piece)
+
+    def take(self, key: tuple):
+        with self._lock:
+            slot, self._slot = self._slot, None
+        return slot[1] if slot is not None and slot[0] == key else None
+
+
+_read_ahead = _ReadAhead()
 #: Prepared sub-batches that may wait for the networks: one in work, one or two ready.
 PREFETCH_DEPTH = 2
 #: The most stamp pixels (cutouts x height x width of a network's input) in one network call on the CPU: 16
@@ -494,25 +534,46 @@ def _index_rows(store, task: ChunkTask) -> dict[str, np.ndarray]:
     return out
 
 
+def _read_step(task: ChunkTask) -> int:
+    """Cutouts per store read inside a task: whole sub-batches, about :data:`READ_PIECE`."""
+    return max(task.batch_size, READ_PIECE // task.batch_size * task.batch_size)
+
+
 def _store_sub_batches(store, task: ChunkTask, read: list) -> Iterator[tuple[int, int, dict, np.ndarray]]:
     """The task's rows as sub-batches, read ``READ_PIECE`` cutouts at a time (images dropped once split).
 
     Appends each piece, without its images, to ``read`` (IDs, positions,
     truth); raises :class:`~lensengine.catalogs.store.ChunkReadError` for a
     piece that cannot be read or comes back short, which makes the whole task
-    unreadable, as a whole-chunk read would.
+    unreadable, as a whole-chunk read would.  The first piece may have been read
+    by the task before (``ahead``); once the last piece is read, the first of
+    ``task.ahead`` is read for the next task.
     """
     from lensengine.catalogs.store import ChunkReadError
 
-    step = max(task.batch_size, READ_PIECE // task.batch_size * task.batch_size)
+    step = _read_step(task)
     for a in range(task.start, task.stop, step) or (task.start,):  # an empty task still reads its (empty) range
         b = min(a + step, task.stop)
-        piece = store.read(task.tile, a, b, empty=pool.empty)  # image pieces in kept memory (engine/buffers.py)
+        piece = _read_ahead.take((task.store, task.tile, a, b)) if a == task.start else None
+        if piece is None:
+            piece = store.read(task.tile, a, b, empty=pool.empty)  # image pieces in kept memory (engine/buffers.py)
         if len(piece) != b - a:
             raise ChunkReadError(task.tile, task.index, f"read {len(piece)} cutouts of rows [{a}, {b}), "
                                                         f"expected {b - a}")
         yield from _sub_batches(piece, a - task.start, task.batch_size)
         read.append(dataclasses.replace(piece, vis=None, nisp=None))
+    if task.ahead is not None:
+        _read_next(store, task)
+
+
+def _read_next(store, task: ChunkTask) -> None:
+    """Read the first piece of ``task.ahead`` into the read-ahead slot; a failure is left for that task to meet."""
+    tile, _, start, stop = task.ahead
+    b = min(start + _read_step(task), stop)
+    try:
+        _read_ahead.put((task.store, tile, start, b), store.read(tile, start, b, empty=pool.empty))
+    except Exception as exc:  # noqa: BLE001 - only a head start: the next task reads it again and reports
+        log.debug("reading ahead rows [%d, %d) of tile %s: %s", start, b, tile, exc)
 
 
 def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
@@ -591,9 +652,14 @@ def score_store(store, models, ensemble: str | None = None, *, device: str = "au
     path = location_key(getattr(store, "path", store))  # a URL as given, a local path made absolute
     open_store.cache_clear()  # a command sees the store as it is now, not as an earlier command in this process did
     opened = open_store(path)
-    for tile in opened.tiles:
-        for index, (start, stop) in enumerate(opened.chunk_slices(tile)):
-            step = rows_per_task or (stop - start) or 1
-            for lo in range(start, stop, step):
-                yield score_chunk(ChunkTask(path, tile, index, lo, min(lo + step, stop), models, device, threads,
-                                            batch_size, ensemble, precision, cascade, lanes))
+
+    def tasks() -> Iterator[ChunkTask]:
+        for tile in opened.tiles:
+            for index, (start, stop) in enumerate(opened.chunk_slices(tile)):
+                step = rows_per_task or (stop - start) or 1
+                for lo in range(start, stop, step):
+                    yield ChunkTask(path, tile, index, lo, min(lo + step, stop), models, device, threads,
+                                    batch_size, ensemble, precision, cascade, lanes)
+
+    for task in with_read_ahead(tasks()):  # scored in order here: each reads the next one's first piece
+        yield score_chunk(task)
