@@ -23,7 +23,7 @@ import logging
 import os
 import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterator
@@ -298,6 +298,30 @@ def _in_background(items: Iterator, depth: int = PREFETCH_DEPTH) -> Iterator:
         worker.join()
 
 
+def _on_lanes(items: Iterator, lanes: int) -> Iterator:
+    """Yield ``items`` in order, each next one made by a job on the lane pool while the caller uses this one.
+
+    Where every lane is one thread on its own core, a separate read thread would take turns with the lanes on
+    the same cores; as a lane job, reading and preprocessing the next sub-batch instead runs between two
+    network calls.  The job is queued before the caller starts this item's networks, so the lanes take it
+    first.  An exception in it is raised here, at its item; a caller that stops early waits for a job in
+    progress (the sequence is never advanced by two threads at once).
+    """
+    pool = _lane_pool(lanes)
+    items = iter(items)
+    job = pool.submit(next, items, _DONE)
+    try:
+        while True:
+            item = job.result()
+            if item is _DONE:
+                return
+            job = pool.submit(next, items, _DONE)
+            yield item
+    finally:
+        if not job.cancel():
+            wait([job])
+
+
 def _stages(models, cascade: Cascade | None) -> tuple[tuple[ModelEntry, ...], tuple[ModelEntry, ...]]:
     """(models run on every cutout, models run only past the cascade's gate)."""
     if cascade is None:
@@ -395,14 +419,15 @@ def _launch(models, runners: dict[str, Runner], prep, lanes: int,
 
 def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runners: dict[str, Runner],
                        cascade: Cascade | None = None, preprocessor: Preprocessor | None = None,
-                       prefetch: bool = True, lanes: int = 1,
+                       prefetch: bool = True, lanes: int = 1, prep_on_lanes: bool = False,
                        call_pixels: int = CPU_CALL_PIXELS) -> dict[str, np.ndarray]:
     """The core of :func:`score_batch` and :func:`score_chunk`: score ``n`` cutouts given as sub-batches.
 
     ``sub_batches`` yields ``(lo, hi, bands, store_flags)`` covering rows
     ``[0, n)`` in order.  Each is preprocessed for the first-stage models (all
-    of them, or the cascade's cheap ones) -- in a background thread when
-    ``prefetch`` -- and scored; with a cascade, the rows whose cheap scores
+    of them, or the cascade's cheap ones) -- ahead, when ``prefetch``: in a
+    background thread, or with ``prep_on_lanes`` and more than one lane as a job
+    on the lanes (:func:`_on_lanes`; for lanes of one thread each) -- and scored; with a cascade, the rows whose cheap scores
     pass the gate are preprocessed for the expensive models and scored by them
     (in groups of at most the sub-batch size, so the networks see the same
     inputs as in a full run), and the others are flagged ``CASCADE_SKIPPED``.
@@ -453,9 +478,11 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
         collect(_launch(second, runners, prep2, lanes, call_pixels), at)
 
     stream = prepared(sub_batches)
+    if prefetch:
+        stream = _on_lanes(stream, lanes) if prep_on_lanes and lanes > 1 else _in_background(stream)
     launched: list[tuple] = []  # (sub-batch, its networks' jobs) started and not yet collected, oldest first
     try:
-        for item in (_in_background(stream) if prefetch else stream):
+        for item in stream:
             launched.append((item, _launch(first, runners, item[4], lanes, call_pixels)))
             if len(launched) > 1:
                 finish(*launched[0])
@@ -597,6 +624,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
         runners = {m.name: make_runner(m, task.precision, task.device, task.threads) for m in task.models}
         scored = _score_sub_batches(_store_sub_batches(store, task, read), n, task.models, _ensemble(task.ensemble),
                                     runners=runners, cascade=task.cascade, lanes=task.lanes,
+                                    prep_on_lanes=task.threads == 1,
                                     call_pixels=GPU_CALL_PIXELS if _on_gpu(task.device) else CPU_CALL_PIXELS)
     except ChunkReadError as exc:
         log.warning("unreadable chunk: %s", exc)

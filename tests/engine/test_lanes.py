@@ -209,3 +209,62 @@ def test_in_process_scoring_takes_lanes_by_the_same_rule(monkeypatch, tmp_path, 
         seen.clear()
         list(scoring.score_store(tmp_path / "s.zarr", models, None, device="cpu", threads=threads))
         assert seen and set(seen) == {lanes}
+
+
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_sub_batches_prepared_as_lane_jobs_score_as_with_a_read_thread(batch, tiny_models, monkeypatch, lanes):
+    """With lanes of one thread each (``prep_on_lanes``) the next sub-batch is prepared by a job on the lanes, not
+    by a thread of its own that takes turns with them on the same cores: the same scores and flags, with a
+    cascade too, and every preparation made on a lane."""
+    from lensengine.engine import scoring
+    from lensengine.engine.preprocess import Preprocessor
+
+    models = discover_models(tiny_models)
+    runners = _runners(models)
+    where: list[str] = []
+    real = Preprocessor.__call__
+    monkeypatch.setattr(Preprocessor, "__call__",
+                        lambda self, *a, **k: where.append(threading.current_thread().name) or real(self, *a, **k))
+    cheap_models = ("OU-J", "OU-JYH")
+    gate = Cascade(cheap_models, ("OU-VIS",), 0.5, "validated", 0.5)
+
+    def scores(on_lanes: bool, cascade=None) -> dict:
+        where.clear()
+        return scoring._score_sub_batches(scoring._sub_batches(batch, 0, 8), len(batch), models, MeanEnsemble(),
+                                          runners=runners, lanes=lanes, prep_on_lanes=on_lanes, cascade=cascade)
+
+    for cascade in (None, gate):
+        thread = scores(False, cascade)
+        assert where and all(name == "lensengine-prefetch" for name in where[:5])
+        on_lanes = scores(True, cascade)
+        first_stage = where[:5] if cascade is None else [w for w in where if w != "MainThread"]
+        assert first_stage and all(name.startswith("lensengine-lane") for name in first_stage), where
+        _assert_same(thread, on_lanes)
+
+
+def test_lane_jobs_preparing_sub_batches_raise_at_their_item_and_never_overlap():
+    """:func:`_on_lanes` hands items over in order, raises a failure at the item where it happened, and never
+    advances the sequence from two threads at once."""
+    from lensengine.engine.scoring import _on_lanes
+
+    busy = threading.Lock()
+
+    def items():
+        for i in range(6):
+            assert busy.acquire(blocking=False), "two threads advanced the sequence at once"
+            try:
+                if i == 4:
+                    raise ValueError("bad piece 4")
+                yield i, threading.current_thread().name
+            finally:
+                busy.release()
+
+    got = []
+    with pytest.raises(ValueError, match="bad piece 4"):
+        for i, name in _on_lanes(items(), 2):
+            got.append(i)
+            assert name.startswith("lensengine-lane")
+    assert got == [0, 1, 2, 3]
+    stream = _on_lanes(iter(range(100)), 2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # a caller that stops early: the job in progress is waited for, nothing raises
