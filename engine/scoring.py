@@ -207,6 +207,7 @@ class _ReadAhead:
 
 
 _read_ahead = _ReadAhead()
+
 #: Prepared sub-batches that may wait for the networks: one in work, one or two ready.
 PREFETCH_DEPTH = 2
 #: The most stamp pixels (cutouts x height x width of a network's input) in one network call on the CPU: 16
@@ -426,11 +427,12 @@ def _score_sub_batches(sub_batches: Iterator, n: int, models, ensemble, *, runne
     ``sub_batches`` yields ``(lo, hi, bands, store_flags)`` covering rows
     ``[0, n)`` in order.  Each is preprocessed for the first-stage models (all
     of them, or the cascade's cheap ones) -- ahead, when ``prefetch``: in a
-    background thread, or with ``prep_on_lanes`` and more than one lane as a job
-    on the lanes (:func:`_on_lanes`; for lanes of one thread each) -- and scored; with a cascade, the rows whose cheap scores
-    pass the gate are preprocessed for the expensive models and scored by them
-    (in groups of at most the sub-batch size, so the networks see the same
-    inputs as in a full run), and the others are flagged ``CASCADE_SKIPPED``.
+    background thread, or with ``prep_on_lanes`` and more than one lane as a
+    job on the lanes (:func:`_on_lanes`) -- and scored; with a cascade, the rows
+    whose cheap scores pass the gate are preprocessed for the expensive models
+    and scored by them (in groups of at most the sub-batch size, so the networks
+    see the same inputs as in a full run), and the others are flagged
+    ``CASCADE_SKIPPED``.
     The ensemble scores only the rows every model was asked to score; a
     skipped row's ensemble columns stay unknown (NaN, -1).
 
@@ -603,6 +605,13 @@ def _read_next(store, task: ChunkTask) -> None:
         log.debug("reading ahead rows [%d, %d) of tile %s: %s", start, b, tile, exc)
 
 
+def _lanes_fill_the_cores(task: ChunkTask) -> bool:
+    """Whether the task's lanes are one thread each on every core of this machine (the default on the CPU
+    with one worker): then reading and preprocessing are lane jobs (:func:`_on_lanes`), not a thread of their
+    own taking turns with the lanes.  Where cores are left over, that thread runs on them."""
+    return task.threads == 1 and task.lanes > 1 and task.lanes >= (os.cpu_count() or 1)
+
+
 def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     """Score every cutout of one chunk; returns the score-table rows as columns in :func:`row_schema` order.
 
@@ -624,7 +633,7 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
         runners = {m.name: make_runner(m, task.precision, task.device, task.threads) for m in task.models}
         scored = _score_sub_batches(_store_sub_batches(store, task, read), n, task.models, _ensemble(task.ensemble),
                                     runners=runners, cascade=task.cascade, lanes=task.lanes,
-                                    prep_on_lanes=task.threads == 1,
+                                    prep_on_lanes=_lanes_fill_the_cores(task),
                                     call_pixels=GPU_CALL_PIXELS if _on_gpu(task.device) else CPU_CALL_PIXELS)
     except ChunkReadError as exc:
         log.warning("unreadable chunk: %s", exc)

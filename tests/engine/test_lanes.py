@@ -4,6 +4,7 @@ lane raised, not lost; the auto rule; the choice in the catalogue."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -268,3 +269,18 @@ def test_lane_jobs_preparing_sub_batches_raise_at_their_item_and_never_overlap()
     stream = _on_lanes(iter(range(100)), 2)
     assert [next(stream) for _ in range(3)] == [0, 1, 2]
     stream.close()  # a caller that stops early: the job in progress is waited for, nothing raises
+
+
+def test_lanes_prepare_sub_batches_only_where_they_fill_the_cores(monkeypatch):
+    """The default CPU run (one worker, a lane of one thread per core) prepares on its lanes; where cores are
+    left over (fewer lanes than cores, several threads per lane, unknown threads) a thread of its own does."""
+    from lensengine.engine import scoring
+
+    monkeypatch.setattr(scoring.os, "cpu_count", lambda: 2)
+    task = scoring.ChunkTask("s", "T", 0, 0, 1, (), threads=1, lanes=2)
+    assert scoring._lanes_fill_the_cores(task)
+    monkeypatch.setattr(scoring.os, "cpu_count", lambda: 4)
+    assert not scoring._lanes_fill_the_cores(task)
+    assert scoring._lanes_fill_the_cores(dataclasses.replace(task, lanes=4))
+    for other in (dict(threads=2, lanes=4), dict(threads=0, lanes=4), dict(threads=1, lanes=1)):
+        assert not scoring._lanes_fill_the_cores(dataclasses.replace(task, **other)), other
