@@ -297,7 +297,9 @@ def cpu_split(run: dict, cores: int | None = None, network_threads: int | None =
 
     ``network_share`` is the share of the cores' time the networks held over the whole command: the run's
     rate against a model-only bound measured at the networks' speed *during* the run, which on a machine whose
-    speed drifts (a shared VM) is steadier than the ratio of two rates measured minutes apart.
+    speed drifts (a shared VM) is steadier than the ratio of two rates measured minutes apart.  Since stop 42
+    the lanes of a one-worker run on the CPU also read and preprocess (engine/scoring.py: ``_on_lanes``), so
+    there these threads' time holds that work too and ``rest_ms`` is Dask, start-up and the merge only.
     """
     cores = cores or os.cpu_count() or 1
     k = network_threads or cores
@@ -409,7 +411,8 @@ def overlap(args, tmp: Path) -> dict:
               f"{e['bound_two_lanes']:.1f} cutouts/s")
         for key in ("w1", "w2"):
             split = e[key]["cpu_split"]
-            print(f"  {key}: the network threads held {split['network_share']:.3f} of the cores' time over the "
+            print(f"  {key}: the network threads (1 worker: with the reading and preprocessing) held "
+                  f"{split['network_share']:.3f} of the cores' time over the "
                   f"whole command ({split['network_ms']:.1f} ms of CPU per cutout), everything else "
                   f"{split['rest_ms']:.1f} ms per cutout, idle {split['idle_share']:.3f}")
     if args.baseline:
