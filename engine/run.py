@@ -850,14 +850,23 @@ def plan_lanes(opts: RunOptions, ncores: int) -> tuple[int, int]:
     return split_lanes(opts.lanes, total, opts.models, opts.precision, opts.device)
 
 
+def fills_the_cores(opts: RunOptions, lanes: int, threads: int, ncores: int) -> bool:
+    """Whether the local cluster's network threads are one per core of this machine (the default CPU run, with
+    one worker or one per core): then no worker gives reading and preprocessing a thread of their own
+    (:func:`~lensengine.engine.scoring._prep_mode`).  Unknown on a ``--scheduler`` cluster: no."""
+    return not opts.scheduler and threads == 1 and opts.workers * lanes >= ncores
+
+
 def _score(opts: RunOptions, plan: _Plan, parts: PartsFolder, summary: RunSummary, t0: float, client,
            on_workers: bool) -> threading.Thread:
     """Score the unfinished tasks on Dask; each task's part is written (by its worker, see :func:`_cluster`).
 
     Returns the thread loading the merge's modules meanwhile (:func:`_warm_merge`), for the merge to join.
     """
-    lanes, threads = plan_lanes(opts, os.cpu_count() or 1)
-    plan.template = dataclasses.replace(plan.template, threads=threads, lanes=lanes)
+    ncores = os.cpu_count() or 1
+    lanes, threads = plan_lanes(opts, ncores)
+    plan.template = dataclasses.replace(plan.template, threads=threads, lanes=lanes,
+                                        fills_cores=fills_the_cores(opts, lanes, threads, ncores))
     summary.lanes, summary.threads = lanes, threads
     log.info("per worker: %d network lane(s) of %s thread(s) each", lanes, threads or "ONNX Runtime's default")
     schema = row_schema(opts.models, plan.template.ensemble, plan.store.truth_columns)

@@ -68,6 +68,9 @@ class ChunkTask:
     #: scoring in order in one process): its first piece is read once this task's last one is, while the
     #: networks score this task's last sub-batches (:func:`_store_sub_batches`)
     ahead: tuple[str, int, int, int] | None = None
+    #: the networks' threads of every worker on this machine are one per core (the default CPU run): reading and
+    #: preprocessing then take no thread of their own (:func:`_prep_mode`)
+    fills_cores: bool = False
 
     @property
     def key(self) -> str:
@@ -605,11 +608,19 @@ def _read_next(store, task: ChunkTask) -> None:
         log.debug("reading ahead rows [%d, %d) of tile %s: %s", start, b, tile, exc)
 
 
-def _lanes_fill_the_cores(task: ChunkTask) -> bool:
-    """Whether the task's lanes are one thread each on every core of this machine (the default on the CPU
-    with one worker): then reading and preprocessing are lane jobs (:func:`_on_lanes`), not a thread of their
-    own taking turns with the lanes.  Where cores are left over, that thread runs on them."""
-    return task.threads == 1 and task.lanes > 1 and task.lanes >= (os.cpu_count() or 1)
+def _prep_mode(task: ChunkTask) -> str:
+    """How a task reads and preprocesses its next sub-batch while the networks score one: ``"thread"`` (a read
+    thread of its own, on cores the networks leave over), ``"lanes"`` (a job on the lanes) or ``"inline"``
+    (in the task's thread, between sub-batches).
+
+    Where the networks' threads are one per core on this machine (``fills_cores``: one worker with a lane per
+    core, or as many one-thread workers as cores), a read thread would only take turns with them on the same
+    cores: a worker with lanes then prepares on them, a worker with one network thread prepares in turn
+    (the other workers keep the other cores busy).  Not on a GPU, whose calls leave the CPU free.
+    """
+    if not task.fills_cores or task.threads != 1 or _on_gpu(task.device):
+        return "thread"
+    return "lanes" if task.lanes > 1 else "inline"
 
 
 def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
@@ -631,9 +642,10 @@ def score_chunk(task: ChunkTask) -> dict[str, np.ndarray]:
     read: list = []  # the small columns of each piece read, in order
     try:
         runners = {m.name: make_runner(m, task.precision, task.device, task.threads) for m in task.models}
+        mode = _prep_mode(task)
         scored = _score_sub_batches(_store_sub_batches(store, task, read), n, task.models, _ensemble(task.ensemble),
                                     runners=runners, cascade=task.cascade, lanes=task.lanes,
-                                    prep_on_lanes=_lanes_fill_the_cores(task),
+                                    prefetch=mode != "inline", prep_on_lanes=mode == "lanes",
                                     call_pixels=GPU_CALL_PIXELS if _on_gpu(task.device) else CPU_CALL_PIXELS)
     except ChunkReadError as exc:
         log.warning("unreadable chunk: %s", exc)
@@ -686,6 +698,7 @@ def score_store(store, models, ensemble: str | None = None, *, device: str = "au
     models = tuple(models)
     lanes, per_lane = split_lanes(lanes, threads or (os.cpu_count() or 1), models, precision, device)
     threads = per_lane if lanes > 1 else threads
+    fills = lanes * max(threads, 1) >= (os.cpu_count() or 1)
     path = location_key(getattr(store, "path", store))  # a URL as given, a local path made absolute
     open_store.cache_clear()  # a command sees the store as it is now, not as an earlier command in this process did
     opened = open_store(path)
@@ -696,7 +709,7 @@ def score_store(store, models, ensemble: str | None = None, *, device: str = "au
                 step = rows_per_task or (stop - start) or 1
                 for lo in range(start, stop, step):
                     yield ChunkTask(path, tile, index, lo, min(lo + step, stop), models, device, threads,
-                                    batch_size, ensemble, precision, cascade, lanes)
+                                    batch_size, ensemble, precision, cascade, lanes, fills_cores=fills)
 
     for task in with_read_ahead(tasks()):  # scored in order here: each reads the next one's first piece
         yield score_chunk(task)

@@ -271,16 +271,44 @@ def test_lane_jobs_preparing_sub_batches_raise_at_their_item_and_never_overlap()
     stream.close()  # a caller that stops early: the job in progress is waited for, nothing raises
 
 
-def test_lanes_prepare_sub_batches_only_where_they_fill_the_cores(monkeypatch):
-    """The default CPU run (one worker, a lane of one thread per core) prepares on its lanes; where cores are
-    left over (fewer lanes than cores, several threads per lane, unknown threads) a thread of its own does."""
+def test_reading_and_preprocessing_take_no_thread_of_their_own_only_where_the_networks_fill_the_cores(monkeypatch):
+    """The default CPU run (one worker with a lane per core, or a one-thread worker per core) prepares on its
+    lanes or in turn; where cores are left over, threads are unknown or the networks are on a GPU, a read
+    thread of its own does.  The run decides for its local cluster; a ``--scheduler`` cluster is unknown."""
+    from lensengine.engine import run, scoring
+
+    monkeypatch.setattr(scoring, "_gpu_here", lambda: False)
+    task = scoring.ChunkTask("s", "T", 0, 0, 1, (), device="auto", threads=1, lanes=2, fills_cores=True)
+    assert scoring._prep_mode(task) == "lanes"
+    assert scoring._prep_mode(dataclasses.replace(task, lanes=1)) == "inline"
+    for other in (dict(fills_cores=False), dict(threads=2), dict(threads=0), dict(device="cuda")):
+        assert scoring._prep_mode(dataclasses.replace(task, **other)) == "thread", other
+    opts = _opts(())
+    assert run.fills_the_cores(opts, lanes=2, threads=1, ncores=2)  # the default: one worker, two lanes
+    assert run.fills_the_cores(_opts((), workers=2), lanes=1, threads=1, ncores=2)
+    assert not run.fills_the_cores(opts, lanes=2, threads=1, ncores=4)  # --threads 2 on four cores
+    assert not run.fills_the_cores(opts, lanes=2, threads=2, ncores=4)
+    assert not run.fills_the_cores(_opts((), scheduler="tcp://h:8786"), lanes=2, threads=1, ncores=2)
+
+
+def test_a_one_thread_worker_among_others_prepares_in_turn_with_the_same_scores(tmp_path, tiny_models, monkeypatch):
+    """``inline``: the task's own thread reads and prepares each sub-batch between the networks' calls (no read
+    thread); the rows equal those of a read thread."""
+    from lensengine.catalogs.store import SurveyStore as Store
     from lensengine.engine import scoring
 
-    monkeypatch.setattr(scoring.os, "cpu_count", lambda: 2)
-    task = scoring.ChunkTask("s", "T", 0, 0, 1, (), threads=1, lanes=2)
-    assert scoring._lanes_fill_the_cores(task)
-    monkeypatch.setattr(scoring.os, "cpu_count", lambda: 4)
-    assert not scoring._lanes_fill_the_cores(task)
-    assert scoring._lanes_fill_the_cores(dataclasses.replace(task, lanes=4))
-    for other in (dict(threads=2, lanes=4), dict(threads=0, lanes=4), dict(threads=1, lanes=1)):
-        assert not scoring._lanes_fill_the_cores(dataclasses.replace(task, **other)), other
+    path = tmp_path / "s.zarr"
+    make_store(path, tiles=("T0",), n_per_tile=40, chunk_size=64)
+    models = tuple(discover_models(tiny_models))
+    where: list[str] = []
+    real = Store.read
+    monkeypatch.setattr(Store, "read", lambda self, *a, **k: where.append(threading.current_thread().name)
+                        or real(self, *a, **k))
+    task = scoring.ChunkTask(str(path), "T0", 0, 0, 40, models, "cpu", 1, 8, lanes=1, fills_cores=False)
+    threaded = scoring.score_chunk(task)
+    assert set(where) == {"lensengine-prefetch"}
+    where.clear()
+    inline = scoring.score_chunk(dataclasses.replace(task, fills_cores=True))
+    assert set(where) == {threading.current_thread().name}
+    for key in threaded:
+        assert np.array_equal(threaded[key], inline[key], equal_nan=threaded[key].dtype.kind == "f"), key
