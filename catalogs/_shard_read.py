@@ -74,7 +74,7 @@ class ShardLayout:
     @classmethod
     def of(cls, array) -> "ShardLayout | None":
         """The layout of a zarr array if this module can read it, else ``None`` (zarr reads it)."""
-        if os.environ.get(SWITCH, "").lower() in ("off", "0", "no", "false"):
+        if _switched_off():
             return None
         try:
             from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
@@ -151,6 +151,11 @@ class ShardLayout:
         return out
 
 
+def _switched_off() -> bool:
+    """Whether :data:`SWITCH` sends every read through zarr."""
+    return os.environ.get(SWITCH, "").lower() in ("off", "0", "no", "false")
+
+
 def _little_endian(codec) -> bool:
     """Whether a zarr ``bytes`` codec stores little-endian (or leaves the order unset, as for one-byte types)."""
     endian = getattr(codec.endian, "value", codec.endian)
@@ -168,7 +173,7 @@ class ChunkLayout:
     @classmethod
     def of(cls, array) -> "ChunkLayout | None":
         """The layout of a zarr array if this module can read it, else ``None`` (zarr reads it)."""
-        if os.environ.get(SWITCH, "").lower() in ("off", "0", "no", "false"):
+        if _switched_off():
             return None
         try:
             from zarr.codecs import BloscCodec, BytesCodec, VLenUTF8Codec
