@@ -172,8 +172,9 @@ class RunTask:
 
 
 def reading_ahead(tasks: Iterable[RunTask]) -> Iterator[RunTask]:
-    """``tasks`` in order, each piece told the range scored after it (:func:`~lensengine.engine.scoring.with_read_ahead`):
-    for a cluster of one worker, which runs them in the order they are handed out.  Lazy."""
+    """``tasks`` in order, each piece told the range scored after it
+    (:func:`~lensengine.engine.scoring.with_read_ahead`): for a cluster of one worker, which runs them in the
+    order they are handed out.  Lazy."""
     for_pieces, for_tasks = itertools.tee(tasks)
     pieces = with_read_ahead(piece for task in for_pieces for piece in task.pieces)
     for task in for_tasks:
