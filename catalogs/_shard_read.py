@@ -7,10 +7,10 @@ the same reads alone (stop 36, ``docs/performance.md``). For the layout this pro
 with little-endian bytes and Blosc inside, a CRC32C-checked index at the end of the shard) this module
 does what zarr does, without the threads: it reads the shard's index, checks its checksum, and decodes
 the inner chunks a range of rows needs with Blosc into the output. A missing inner chunk reads as the
-fill value, as in zarr. The small per-cutout columns (IDs, positions, flags, numeric truth; one Blosc chunk per
-file) are read the same way by :class:`ChunkLayout`: through zarr, the 40-odd columns of a simulated store took
-about 28 ms per chunk, the first piece of every chunk, while the run's networks waited for it (stop 42). Any
-other layout (text columns among them), and any remote store, is read by zarr.
+fill value, as in zarr. The small per-cutout columns (IDs, positions, flags, numeric and text truth; one Blosc
+chunk per file) are read the same way by :class:`ChunkLayout`: through zarr, the 40-odd columns of a simulated
+store took about 28 ms per chunk, the first piece of every chunk, while the run's networks waited for it
+(stop 42). Any other layout, and any remote store, is read by zarr.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class ChunkLayout:
             if stored != whole.nbytes:
                 raise ValueError(f"chunk holds {stored} bytes, expected {whole.nbytes}")
             blosc.decompress(data, whole)
-        return whole[start - first:stop - first].copy()
+        return whole[start - first:stop - first]  # a view of this read's own array
 
 
 _VLEN_UTF8 = VLenUTF8()

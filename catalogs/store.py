@@ -442,7 +442,7 @@ class SurveyStore:
 
     def _direct(self, tile: str, name: str) -> "ShardLayout | ChunkLayout | None":
         """How to read an array without zarr's threads (:mod:`._shard_read`), read-only mode only: a sharded
-        image array, or a small numeric column."""
+        image array, or a small numeric or text column."""
         if self.mode != "r":
             return None
         key = (tile, name, "direct")
@@ -510,7 +510,7 @@ class SurveyStore:
         for name in names:
             try:
                 direct = None if remote else self._direct(tile, name)
-                if direct is not None:  # a read-only local store: the shard file decoded in this thread
+                if direct is not None:  # a read-only local store: the chunk or shard file decoded in this thread
                     ndim = 1 + len(direct.shape)
                     path = layout.chunk_file(self.location.local, tile, name, index, ndim)
                     data[name] = direct.read(path, index * direct.rows, start, stop, empty)

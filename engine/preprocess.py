@@ -342,7 +342,6 @@ class Preprocessor:
         inputs = {spec.name: empty((n, len(spec.bands), spec.stamp, spec.stamp), np.float32)
                   for spec in self.specs if len(spec.bands) > 1}
         planes: dict[tuple[str, int], np.ndarray] = {}
-        placed = set()  # planes made in their place in a stacked input
         for band, stamp in self.planes:
             home = self.homes.get((band, stamp))
             dest = None if home is None else inputs[home[0]][:, home[1]]
@@ -354,8 +353,8 @@ class Preprocessor:
                 if out is None and self.buffers is not None:
                     out = self.buffers.empty(resized.shape)
                 scaled, constant = minmax_batch(resized, out=out)
-            if dest is not None and scaled is dest:
-                placed.add((band, stamp))
+            if dest is not None and scaled is not dest:  # a band at its own size, made float32 in a copy
+                dest[...] = scaled
             # a band can only become constant through resampling if it was
             # bad already, but never trust that: flag rather than divide by 0
             band_flags[band][constant & (band_flags[band] == 0)] |= np.uint32(Flag.CONSTANT_BAND)
@@ -367,7 +366,7 @@ class Preprocessor:
             else:
                 for k, band in enumerate(spec.bands):
                     plane = (band, spec.stamp)
-                    if not (plane in placed and self.homes[plane] == (spec.name, k)):  # not made there: copy it in
+                    if self.homes.get(plane) != (spec.name, k):  # not made in its place here: copy it in
                         inputs[spec.name][:, k] = planes[plane]
             bad = np.zeros(n, dtype=bool)
             for b in spec.bands:
