@@ -81,6 +81,12 @@ MIN_TASKS = 16
 #: ... of at least this many cutouts each: each task pays a fixed cost (a Dask round trip, decoding its
 #: chunk, reading the truth columns), which at 32-cutout tasks cost 20 % of a small store's throughput.
 MIN_TASK_SIZE = 128
+#: The plan's last ``TAIL_TASKS`` tasks are each cut into up to ``TAIL_SPLIT`` row ranges of at least
+#: ``MIN_TASK_SIZE`` cutouts: with several workers, the last whole-chunk task otherwise runs on one worker while
+#: the others have nothing left (a two-worker run of 20 000 cutouts on 2 cores: 21 of its 23 idle core-seconds
+#: at the end; 7.6 of 9.2 with the cut, docs/performance.md).  It depends on the store alone, as the task size does.
+TAIL_TASKS = 2
+TAIL_SPLIT = 4
 #: Candidate rows the merge holds in memory; beyond it they are spilled to disk as sorted runs.
 CANDIDATE_BLOCK = 65_536
 #: Rows of parts one merge check task covers (whole parts): few tasks for the scheduler, enough work per task.
@@ -271,31 +277,63 @@ class _Plan:
     provenance_hashes: dict[str, tuple[object, str]] = field(default_factory=dict)
 
     def tasks(self) -> Iterator[RunTask]:
-        """The tasks in store order, made as they are needed (nothing per task is kept)."""
-        cs, size = self.chunk_size, self.task_size
+        """The tasks in store order, made as they are needed (nothing per task is kept).
+
+        Each is ``task_size`` rows (whole chunks, or a row range inside one chunk); the last
+        :data:`TAIL_TASKS` are cut smaller (:func:`_tail_split`) so that the workers finish together.
+        """
+        cs = self.chunk_size
+        tail = {(tile, start) for tile, start, _ in self._tail()}
         for tile, n in self.tiles:
-            if size >= cs:
-                ranges = ((a, min(a + size, n)) for a in range(0, n, size))
-            else:
-                ranges = ((a, min(a + size, c + cs, n))
-                          for c in range(0, n, cs) for a in range(c, min(c + cs, n), size))
-            for start, stop in ranges:
-                edges = [start, *range((start // cs + 1) * cs, stop, cs), stop]
-                pieces = tuple(dataclasses.replace(self.template, tile=tile, index=a // cs, start=a, stop=b)
-                               for a, b in zip(edges[:-1], edges[1:]))
-                yield RunTask(tile, start, stop, pieces)
+            for start, stop in self._ranges(tile, n):
+                for a, b in (_tail_split(start, stop) if (tile, start) in tail else ((start, stop),)):
+                    edges = [a, *range((a // cs + 1) * cs, b, cs), b]
+                    pieces = tuple(dataclasses.replace(self.template, tile=tile, index=x // cs, start=x, stop=y)
+                                   for x, y in zip(edges[:-1], edges[1:]))
+                    yield RunTask(tile, a, b, pieces)
+
+    def _ranges(self, tile: str, n: int, backwards: bool = False) -> Iterator[tuple[int, int]]:
+        """A tile's ``task_size`` row ranges (never across a chunk's end when smaller than a chunk)."""
+        cs, size = self.chunk_size, self.task_size
+        order = reversed if backwards else iter
+        if size >= cs:
+            return ((a, min(a + size, n)) for a in order(range(0, n, size)))
+        return ((a, min(a + size, c + cs, n))
+                for c in order(range(0, n, cs)) for a in order(range(c, min(c + cs, n), size)))
+
+    def _tail(self) -> list[tuple[str, int, int]]:
+        """The last :data:`TAIL_TASKS` row ranges of the plan, ``(tile, start, stop)``, found from its end."""
+        found: list[tuple[str, int, int]] = []
+        for tile, n in reversed(self.tiles):
+            for start, stop in self._ranges(tile, n, backwards=True):
+                if len(found) == TAIL_TASKS:
+                    return found
+                found.append((tile, start, stop))
+        return found
 
     @property
     def n_tasks(self) -> int:
         cs, size = self.chunk_size, self.task_size
         if size >= cs:
-            return sum(-(-n // size) for _, n in self.tiles)
-        per_chunk = -(-cs // size)
-        return sum((n // cs) * per_chunk + -(-(n % cs) // size) for _, n in self.tiles)
+            base = sum(-(-n // size) for _, n in self.tiles)
+        else:
+            per_chunk = -(-cs // size)
+            base = sum((n // cs) * per_chunk + -(-(n % cs) // size) for _, n in self.tiles)
+        return base + sum(len(_tail_split(start, stop)) - 1 for _, start, stop in self._tail())
 
     @property
     def n_chunks(self) -> int:
         return sum(-(-n // self.chunk_size) for _, n in self.tiles)
+
+
+def _tail_split(start: int, stop: int) -> list[tuple[int, int]]:
+    """Rows ``[start, stop)`` cut into up to :data:`TAIL_SPLIT` near-equal ranges of at least
+    :data:`MIN_TASK_SIZE` (the range itself when it is shorter than two of them)."""
+    k = min(TAIL_SPLIT, (stop - start) // MIN_TASK_SIZE)
+    if k < 2:
+        return [(start, stop)]
+    step = -(-(stop - start) // k)
+    return [(a, min(a + step, stop)) for a in range(start, stop, step)]
 
 
 def plan_run(opts: RunOptions) -> _Plan:

@@ -104,7 +104,8 @@ def sized_for(device: str, scheduler: str | None, workers: int | None, batch_siz
 @click.option("--task-size", type=click.IntRange(0), default=0, show_default=True,
               help="Cutouts per Dask task (0: one store chunk; a store of under 16 chunks is split into about 16 "
                    "tasks so progress moves). At least a chunk: whole chunks per task (fewer, larger tasks for "
-                   "fast GPUs); less: row ranges of a chunk.")
+                   "fast GPUs); less: row ranges of a chunk. The last two tasks are cut into up to four "
+                   "smaller ones so that the workers finish together.")
 @precision_option(extra_help="Here auto on the CPU is --runner auto (per model the runner a calibration measured "
                              "faster and correct on this CPU, else ONNX Runtime fp32); on a GPU fp32. fp32: ONNX "
                              "Runtime (portable, exact). bf16: torch autocast on the CPU (needs torch; |dP| up to "

@@ -90,3 +90,29 @@ def test_tasks_cover_every_row_once_whatever_the_task_size():
     assert effective_task_size(0, 200, 1024) == 128  # the 200-cutout demo: 2 tasks, progress that moves
     assert effective_task_size(0, 8000, 1024) == 500  # a small store: 16 tasks
     assert effective_task_size(0, 10**9, 1024) == 1024  # a survey: one chunk per task
+
+
+def test_the_last_tasks_are_cut_smaller_so_that_the_workers_finish_together():
+    """The plan's last two tasks are cut into up to four row ranges of at least MIN_TASK_SIZE; the rest stay whole
+    chunks; every row once, in order; ``n_tasks`` counts what ``tasks()`` yields, also across tiles."""
+    from lensengine.engine.run import MIN_TASK_SIZE, effective_task_size
+
+    plan = _plan(1)
+    plan.chunk_size, plan.tiles = 1024, [("A", 20_000)]
+    plan.task_size = effective_task_size(0, 20_000, 1024)
+    tasks = list(plan.tasks())
+    assert [(t.start, t.stop) for t in tasks[-9:]] == [
+        (17408, 18432),  # the third from last: a whole chunk
+        (18432, 18688), (18688, 18944), (18944, 19200), (19200, 19456),  # the last whole chunk, in four
+        (19456, 19592), (19592, 19728), (19728, 19864), (19864, 20000)]  # the partial last chunk, in four
+    assert len(tasks) == plan.n_tasks == 20 + 3 + 3
+    assert [r for t in tasks for p in t.pieces for r in range(p.start, p.stop)] == list(range(20_000))
+
+    # the last two ranges are in different tiles; one is too short to cut (fewer than two MIN_TASK_SIZE rows)
+    plan.tiles = [("A", 3072), ("B", 1024 + MIN_TASK_SIZE + 5)]
+    tasks = list(plan.tasks())
+    assert [(t.tile, t.start, t.stop) for t in tasks if t.tile == "B"] == [
+        ("B", 0, 256), ("B", 256, 512), ("B", 512, 768), ("B", 768, 1024), ("B", 1024, 1157)]
+    assert len(tasks) == plan.n_tasks == 3 + 5
+    for tile, n in plan.tiles:
+        assert [r for t in tasks if t.tile == tile for p in t.pieces for r in range(p.start, p.stop)] == list(range(n))
