@@ -108,11 +108,20 @@ def test_the_last_tasks_are_cut_smaller_so_that_the_workers_finish_together():
     assert len(tasks) == plan.n_tasks == 20 + 3 + 3
     assert [r for t in tasks for p in t.pieces for r in range(p.start, p.stop)] == list(range(20_000))
 
-    # the last two ranges are in different tiles; one is too short to cut (fewer than two MIN_TASK_SIZE rows)
+    # the last two ranges in one tile: its last whole chunk is cut, a range shorter than two MIN_TASK_SIZE is not
     plan.tiles = [("A", 3072), ("B", 1024 + MIN_TASK_SIZE + 5)]
     tasks = list(plan.tasks())
     assert [(t.tile, t.start, t.stop) for t in tasks if t.tile == "B"] == [
         ("B", 0, 256), ("B", 256, 512), ("B", 512, 768), ("B", 768, 1024), ("B", 1024, 1157)]
     assert len(tasks) == plan.n_tasks == 3 + 5
+    for tile, n in plan.tiles:
+        assert [r for t in tasks if t.tile == tile for p in t.pieces for r in range(p.start, p.stop)] == list(range(n))
+
+    # the last two ranges in two tiles: the first tile's last chunk is cut too
+    plan.tiles = [("A", 3072), ("B", MIN_TASK_SIZE + 5)]
+    tasks = list(plan.tasks())
+    assert [(t.tile, t.start, t.stop) for t in tasks[-6:]] == [
+        ("A", 1024, 2048), ("A", 2048, 2304), ("A", 2304, 2560), ("A", 2560, 2816), ("A", 2816, 3072), ("B", 0, 133)]
+    assert len(tasks) == plan.n_tasks == 4 + 3
     for tile, n in plan.tiles:
         assert [r for t in tasks if t.tile == tile for p in t.pieces for r in range(p.start, p.stop)] == list(range(n))
