@@ -446,6 +446,11 @@ def main(argv=None) -> int:
         calib = Preprocessor([e.as_spec() for e in entries])(cbands, len(next(iter(cbands.values()))))
     workdir = Path(tempfile.mkdtemp(prefix="bench-runners-"))
     load0 = os.getloadavg()[0]
+    if load0 > 0.5 * (os.cpu_count() or 1):
+        # the first AVX2 calibration measured rates 5-10x below its CPU class's (a busy machine, most likely)
+        # and chose slower runners until stop 44 (docs/performance.md): warn, and keep the load with the numbers
+        print(f"warning: load average {load0:.1f} on {os.cpu_count()} CPUs before the measurement: other work "
+              "is running, and a calibration measured now may choose slower runners", flush=True)
     t0 = time.perf_counter()
     results = []
     for e in entries:
@@ -490,8 +495,12 @@ def main(argv=None) -> int:
     print(f"wrote {args.json}")
     if args.save_calibration != "none":
         where = SHIPPED_CALIBRATION if args.save_calibration == "shipped" else None
-        kept = [{**r, "runners": {k: v for k, v in r["runners"].items() if k in RUNNERS}} for r in results]
-        print(f"calibration written to {save_calibration(calibration_entries(kept), where)}")
+        # the shipped file holds the shipped networks (and what was measured now) alone: entries of
+        # networks replaced since they were measured are dropped
+        only = [*resolve_models(None), *entries] if args.save_calibration == "shipped" else None
+        kept = [{**r, "runners": {k: v for k, v in r["runners"].items() if k in RUNNERS},
+                 "load_avg_1min": report["load_avg_1min"]} for r in results]
+        print(f"calibration written to {save_calibration(calibration_entries(kept), where, only_models=only)}")
     return 0
 
 

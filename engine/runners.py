@@ -506,8 +506,12 @@ def load_calibration(paths=None) -> dict[str, dict]:
     return entries
 
 
-def save_calibration(results: dict[str, dict], path: Path | None = None) -> Path:
-    """Merge ``results`` (key -> entry, as :func:`measure` makes) into the calibration file at ``path``."""
+def save_calibration(results: dict[str, dict], path: Path | None = None, *, only_models=None) -> Path:
+    """Merge ``results`` (key -> entry, as :func:`measure` makes) into the calibration file at ``path``.
+
+    With ``only_models`` (model files or entries) the file keeps the entries of those models alone: the
+    shipped calibration is rewritten this way, so that a network no longer shipped leaves no entry behind.
+    """
     path = Path(path) if path is not None else user_calibration_path()
     data = {"kind": "lensengine-runner-calibration", "max_delta_p": MAX_DELTA_P, "entries": {}}
     if path.is_file():
@@ -515,6 +519,13 @@ def save_calibration(results: dict[str, dict], path: Path | None = None) -> Path
         if old.get("kind") == "lensengine-runner-calibration":
             data["entries"] = old.get("entries", {})
     data["entries"].update(results)
+    if only_models is not None:
+        keep = {_model_sha(m) for m in only_models}
+        dropped = [k for k in data["entries"] if k.split("|", 1)[0] not in keep]
+        for key in dropped:
+            del data["entries"][key]
+        if dropped:
+            log.info("calibration %s: %d entries of models not listed dropped", path, len(dropped))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -540,12 +551,34 @@ def _auto_runner(model, device: str, calibration: dict[str, dict]) -> str:
     runners = entry.get("runners", {})
     ref = runners.get(REFERENCE, {}).get("img_s", 0.0)
     best, best_rate = REFERENCE, ref
+    missed = None  # the fastest correct runner that a missing package keeps out
     for name, measured in runners.items():
         if name == REFERENCE or name not in RUNNERS or not eligible(measured, ref):
             continue
-        if measured["img_s"] > best_rate and runner_problem(name, model, device) is None:
+        if measured["img_s"] <= best_rate:
+            continue  # asked only of a faster runner: a split runner's check may load onnx
+        problem = runner_problem(name, model, device)
+        if problem is None:
             best, best_rate = name, measured["img_s"]
+        elif "needs the Python package" in problem and measured["img_s"] > (missed or ("", 0))[1]:
+            missed = (name, measured["img_s"], problem)
+    if missed and missed[1] > best_rate:
+        packages = missed[2].split(" needs the Python package(s) ", 1)[1]
+        how = "pip install 'lensengine[fast]'" if packages == "openvino" else f"pip install {packages}"
+        _hint_once(f"{model.name}: {missed[0]} was measured {missed[1] / ref:.2f}x ONNX Runtime fp32 and as "
+                   f"correct on this CPU, but the Python package(s) {packages} are not installed ({how}); "
+                   f"running {best}")
     return best
+
+
+_HINTED: set[str] = set()
+
+
+def _hint_once(message: str) -> None:
+    """Log ``message`` at warning level once per process (a run asks for each model's runner more than once)."""
+    if message not in _HINTED:
+        _HINTED.add(message)
+        log.warning("%s", message)
 
 
 def choose_runners(models, requested: str = "auto", device: str = "auto", calibration=None) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import BENCHMARKS, load_script
@@ -56,3 +57,48 @@ def test_without_a_gpu_only_the_dry_run_is_offered(tmp_path):
     with pytest.raises(SystemExit) as exc:
         _bench().main(["--json", str(tmp_path / "x.json")])
     assert exc.value.code == 2 and not (tmp_path / "x.json").exists()
+
+
+def test_padded_channels_compute_the_same_function_in_aligned_shapes(tmp_path, tiny_models):
+    """benchmarks/pad_channels.py: every convolution but the last has a multiple of 8 filters, the copy keeps
+    the model's contract (name, bands, stamp) and scores as the original, and a graph whose padded tensor
+    would reach an op that mixes channels is refused rather than rewritten wrongly."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    from lensengine.engine.models import discover_models
+
+    pad = load_script(BENCHMARKS / "pad_channels.py", "_pad_channels")
+    out = tmp_path / "pad8"
+    report = tmp_path / "pad8.json"
+    assert pad.main([str(tiny_models), str(out), "--check", "8", "--threads", "1", "--json", str(report)]) == 0
+    rows = {r["model"]: r for r in json.loads(report.read_text())["models"]}
+    assert set(rows) == {"OU-J", "OU-JYH", "OU-VIS"}
+    for name, row in rows.items():
+        assert row["convolutions_changed"] > 0 and row["max_delta_p"] < 1e-6, name
+    before = {(e.name, e.bands, e.stamp) for e in discover_models(tiny_models)}
+    assert {(e.name, e.bands, e.stamp) for e in discover_models(out)} == before
+    for path in out.glob("*.onnx"):
+        graph = onnx.load(str(path)).graph
+        convs = [n for n in graph.node if n.op_type == "Conv"]
+        inits = {t.name: t for t in graph.initializer}
+        shapes = [tuple(inits[c.input[1]].dims) for c in convs]
+        assert all(s[0] % 8 == 0 for s in shapes[:-1]) and all(s[1] % 8 == 0 for s in shapes[1:]), shapes
+        assert set(inits) <= {t for n in graph.node for t in n.input}  # the replaced tensors are gone
+    with pytest.raises(SystemExit):  # the folder already holds the copies: nothing is overwritten
+        pad.main([str(tiny_models), str(out)])
+
+    # a 5-filter convolution feeding a Flatten and a dense layer: padding its filters would change the dense
+    # layer's input, so the rewrite refuses it when it is not the last convolution
+    w = numpy_helper.from_array(np.ones((5, 1, 3, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(5, np.float32), "b")
+    w2 = numpy_helper.from_array(np.ones((5, 5, 1, 1), np.float32), "w2")
+    b2 = numpy_helper.from_array(np.zeros(5, np.float32), "b2")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Conv", ["x5", "w2", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4]),
+                                           helper.make_tensor_value_info("x5", onnx.TensorProto.FLOAT, [1, 5, 2, 2])],
+                              [helper.make_tensor_value_info("f", onnx.TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [w, b, w2, b2])
+    with pytest.raises(ValueError, match="Flatten node .* takes a padded tensor"):
+        pad.pad_conv_channels(helper.make_model(graph), 8)

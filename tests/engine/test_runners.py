@@ -80,6 +80,23 @@ def test_auto_takes_the_fastest_runner_measured_correct_and_faster(shipped, monk
     assert choose_runners([j, s66], "auto", "cpu", {}) == {"OU-J": REFERENCE, "OU-66": REFERENCE}
 
 
+def test_auto_says_when_a_missing_package_keeps_the_fastest_correct_runner_out(shipped, monkeypatch, caplog):
+    """Without OpenVINO installed, auto runs what it can, and says once what the user gives up and how to get it."""
+    real = runners.runner_problem
+    monkeypatch.setattr(runners, "runner_problem", lambda name, model=None, device="cpu": (
+        f"{name} needs the Python package(s) openvino" if name.startswith("openvino") else real(name, model, device)))
+    monkeypatch.setattr(runners, "_HINTED", set())
+    j = shipped["OU-J"]
+    calibration = _entry(j, {"ort-fp32": (100, 0.0), "openvino-fp32": (130, 1e-6), "openvino-int8": (300, 0.2)})
+    with caplog.at_level("WARNING", logger="lensengine.engine.runners"):
+        assert choose_runners([j], "auto", "cpu", calibration) == {"OU-J": REFERENCE}
+        assert choose_runners([j], "auto", "cpu", calibration) == {"OU-J": REFERENCE}
+    hints = [r.getMessage() for r in caplog.records if "lensengine[fast]" in r.getMessage()]
+    assert hints == ["OU-J: openvino-fp32 was measured 1.30x ONNX Runtime fp32 and as correct on this CPU, but "
+                     "the Python package(s) openvino are not installed (pip install 'lensengine[fast]'); "
+                     "running ort-fp32"]  # once, and never for the incorrect int8
+
+
 def test_a_forced_runner_that_cannot_run_here_is_refused_with_the_reason(shipped, monkeypatch):
     real = runners._importable
     monkeypatch.setattr(runners, "_importable", lambda module: module != "openvino" and real(module))
@@ -98,6 +115,20 @@ def test_calibration_files_merge_and_a_bad_one_is_skipped(tmp_path, shipped, cap
     entries = load_calibration([good, bad])
     assert {e["model"] for e in entries.values()} == {"OU-J", "OU-66"}
     assert "b.json ignored" in caplog.text
+    # rewritten for a list of models, the file keeps their entries alone (a replaced network's go)
+    save_calibration(_entry(shipped["OU-J"], {"ort-fp32": (120, 0.0)}), good, only_models=[shipped["OU-J"]])
+    entries = load_calibration([good])
+    assert [(e["model"], e["runners"]["ort-fp32"]["img_s"]) for e in entries.values()] == [("OU-J", 120)]
+
+
+def test_the_shipped_calibration_names_shipped_networks_alone():
+    """Every entry of engine/data/runner_calibration.json is for a network shipped now: an entry of a
+    replaced network is dead weight that hides that the CPU class it was measured on has no entry."""
+    from lensengine.engine.registry import resolve_models
+
+    shas = {runners._model_sha(m) for m in resolve_models(None)}
+    keys = load_calibration([runners.SHIPPED_CALIBRATION])
+    assert keys and {k.split("|", 1)[0] for k in keys} <= shas
 
 
 def test_measure_refuses_a_runner_whose_scores_drift(shipped, simulated, monkeypatch):
