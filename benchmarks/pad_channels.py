@@ -62,7 +62,7 @@ def pad_conv_channels(model, multiple: int = 8):
     last = convs[-1].output[0]
     padded: dict[str, int] = {}  # tensor -> (padded) channel count it now carries
     changes = []
-    for node in graph.node:
+    for i, node in enumerate(graph.node):
         extra_in = [t for t in node.input if t in padded]
         if node.op_type in CHANNELWISE:
             if extra_in:
@@ -90,12 +90,15 @@ def pad_conv_channels(model, multiple: int = 8):
         b2 = np.zeros(new_out, b.dtype)
         b2[:c_out] = b
         for k, array in ((1, w2), (2, b2)):  # new tensors: the originals may be shared with other nodes
-            name = f"{node.input[k]}_pad{multiple}"
+            name = f"{node.input[k]}_pad{multiple}_{i}"
             graph.initializer.append(numpy_helper.from_array(array, name))
             node.input[k] = name
         if new_out != c_out:
             padded[node.output[0]] = new_out
         changes.append((node.name or node.output[0], (c_out, c_in), (new_out, new_in)))
+    reached = sorted(o.name for o in graph.output if o.name in padded)
+    if reached:
+        raise ValueError(f"the graph's output(s) {reached} would carry the padded channels")
     _drop_unused(graph)
     del graph.value_info[:]  # intermediate shapes changed; ONNX Runtime infers them again
     onnx.checker.check_model(copy)
