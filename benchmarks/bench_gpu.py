@@ -21,7 +21,9 @@ not fit is recorded as skipped, never silently dropped):
    preprocessing, catalogue) on the store with ``--device cuda`` and a GPU
    run's default sub-batch (``--e2e-batch`` to change), for each of ``--workers``; the ratio to
    the model-only bound of the full ensemble (step 3's best rates), and
-   the goal (20 000 cutouts/s for the full ensemble on one H200).
+   the goal (20 000 cutouts/s for the full ensemble on one H200);
+7. the engine's ceiling on this host (``bench_ceiling.py``): the same run with networks that cost nothing, on
+   the CPU, with one worker and the most workers of step 6: the CPU time per cutout outside the networks.
 
 The JSON is rewritten after each section, so a call cut short keeps what it
 measured.  Measured on one H200 in stop 38: docs/performance.md, "The GPU benchmark".
@@ -324,6 +326,30 @@ def end_to_end(store: Path, entries, models_dir, device: str, batch: int, worker
     return out
 
 
+def ceiling(store: Path, models_dir, batch: int, workers: list[int], box: TimeBox, tmp: Path) -> dict:
+    """``benchmarks/bench_ceiling.py`` on this host: the engine with networks that cost nothing (on the CPU),
+    one worker and the most workers of the end-to-end runs, at the GPU run's sub-batch.  What this host's CPUs
+    spend per cutout besides the networks, to set beside the GPU runs' rate (docs/performance.md, stop 44)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_ceiling", Path(__file__).with_name("bench_ceiling.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    try:
+        free = bench.free_models(models_dir, tmp / "free_models")
+    except Exception as exc:  # noqa: BLE001 - e.g. no onnx package on the lent machine: a result, not a crash
+        return {"skipped": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    out = {}
+    for w in sorted({1, max(workers)}):
+        if box.over(reserve=15):
+            out[str(w)] = {"skipped": "time box"}
+            continue
+        out[str(w)] = bench.one_run(store, free, w, batch, tmp / "ceiling")
+        print(f"ceiling (networks that cost nothing), {w} worker(s): {out[str(w)]['cutouts_per_s']:.0f} cutouts/s, "
+              f"{out[str(w)]['cpu_ms_per_cutout']:.3f} ms of CPU per cutout", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="the same path on the CPU with tiny sizes")
@@ -449,6 +475,8 @@ def main(argv=None) -> int:
         for r in report["end_to_end"].values():
             if "cutouts_per_s" in r:
                 r["of_model_only_bound"] = r["cutouts_per_s"] / bound if bound else None
+        save()
+        report["ceiling"] = ceiling(store, args.models, batch, workers, box, tmp)
         report["goal_cutouts_per_s"] = GOAL_CUTOUTS_PER_S
     save()
     print(f"full ensemble model-only bound {bound:.0f} cutouts/s; end to end "

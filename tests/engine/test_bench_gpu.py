@@ -37,6 +37,10 @@ def test_dry_run_measures_every_section_and_writes_json(tmp_path, tiny_models):
     assert e2e["cutouts"] == 24 and e2e["cutouts_per_s"] > 0 and 0 < e2e["of_model_only_bound"]
     assert report["ensemble_model_only_cutouts_per_s"] > 0 and report["goal_cutouts_per_s"] == 20_000
     assert report["ensemble_chain"]["cutouts_per_s"] > 0 and report["ensemble_chain"]["call_sizes"] == {"OU-J": 16}
+    from lensengine.engine.run_cli import GPU_BATCH_SIZE
+
+    ceiling = report["ceiling"]["1"]  # the engine alone, networks that cost nothing, at a GPU run's sub-batch
+    assert (ceiling["cutouts"], ceiling["batch"]) == (24, GPU_BATCH_SIZE) and ceiling["cpu_ms_per_cutout"] > 0
 
 
 def test_an_exhausted_time_box_records_what_it_skipped(tmp_path, tiny_models):
