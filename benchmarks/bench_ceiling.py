@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,13 +50,6 @@ def free_models(source_dir: Path | None, out: Path) -> Path:
     return out
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def busy_jiffies() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -69,9 +62,9 @@ def one_run(store: Path, models_dir: Path, workers: int, batch: int, work: Path)
     from lensengine.engine.run import RunOptions, execute_run
 
     tag = f"w{workers}_b{batch}"
-    opts = RunOptions(store=store, out=work / f"{tag}.fits", scores=work / f"{tag}_scores", models=resolve_models(models_dir),
-                      models_dir=models_dir, workers=workers, device="cpu", batch_size=batch, progress=False,
-                      dashboard=False, precision="fp32", ensemble_path="mean")
+    opts = RunOptions(store=store, out=work / f"{tag}.fits", scores=work / f"{tag}_scores",
+                      models=resolve_models(models_dir), models_dir=models_dir, workers=workers, device="cpu",
+                      batch_size=batch, progress=False, dashboard=False, precision="fp32", ensemble_path="mean")
     b0, t0 = busy_jiffies()
     w0 = time.perf_counter()
     summary = execute_run(opts)
@@ -111,11 +104,10 @@ def main(argv=None) -> int:
             print(f"workers {w}, sub-batch {b:4d}: {row['cutouts']} cutouts in {row['wall_s']:.1f} s = "
                   f"{row['cutouts_per_s']:.0f}/s; CPU {row['cpu_ms_per_cutout']:.3f} ms per cutout "
                   f"(cores busy {row['busy_share']:.2f})", flush=True)
-    from lensengine.engine.runners import cpu_signature
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_runners import machine  # the CPU, its instruction set and the runtimes' versions
 
-    report = {"machine": {"cpu": _cpu_model(), "isa": cpu_signature(), "cpus": os.cpu_count(),
-                          "python": platform.python_version()},
-              "store": str(store), "runs": rows}
+    report = {"machine": machine(), "store": str(store), "runs": rows}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.json}")

@@ -330,11 +330,11 @@ def ceiling(store: Path, models_dir, batch: int, workers: list[int], box: TimeBo
     """``benchmarks/bench_ceiling.py`` on this host: the engine with networks that cost nothing (on the CPU),
     one worker and the most workers of the end-to-end runs, at the GPU run's sub-batch.  What this host's CPUs
     spend per cutout besides the networks, to set beside the GPU runs' rate (docs/performance.md, stop 44)."""
-    import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location("_bench_ceiling", Path(__file__).with_name("bench_ceiling.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    sys.path.insert(0, str(Path(__file__).parent))  # as bench_cascade.py reaches bench_engine.py
+    import bench_ceiling as bench
+
     try:
         free = bench.free_models(models_dir, tmp / "free_models")
     except Exception as exc:  # noqa: BLE001 - e.g. no onnx package on the lent machine: a result, not a crash

@@ -557,13 +557,14 @@ def _auto_runner(model, device: str, calibration: dict[str, dict]) -> str:
             continue
         if measured["img_s"] <= best_rate:
             continue  # asked only of a faster runner: a split runner's check may load onnx
-        problem = runner_problem(name, model, device)
-        if problem is None:
+        if runner_problem(name, model, device) is None:
             best, best_rate = name, measured["img_s"]
-        elif "needs the Python package" in problem and measured["img_s"] > (missed or ("", 0))[1]:
-            missed = (name, measured["img_s"], problem)
+            continue
+        missing = [m for m in RUNNERS[name].modules if not _importable(m)]
+        if missing and measured["img_s"] > (missed or ("", 0))[1]:
+            missed = (name, measured["img_s"], ", ".join(missing))
     if missed and missed[1] > best_rate:
-        packages = missed[2].split(" needs the Python package(s) ", 1)[1]
+        packages = missed[2]
         how = "pip install 'lensengine[fast]'" if packages == "openvino" else f"pip install {packages}"
         _hint_once(f"{model.name}: {missed[0]} was measured {missed[1] / ref:.2f}x ONNX Runtime fp32 and as "
                    f"correct on this CPU, but the Python package(s) {packages} are not installed ({how}); "

@@ -82,9 +82,8 @@ def test_auto_takes_the_fastest_runner_measured_correct_and_faster(shipped, monk
 
 def test_auto_says_when_a_missing_package_keeps_the_fastest_correct_runner_out(shipped, monkeypatch, caplog):
     """Without OpenVINO installed, auto runs what it can, and says once what the user gives up and how to get it."""
-    real = runners.runner_problem
-    monkeypatch.setattr(runners, "runner_problem", lambda name, model=None, device="cpu": (
-        f"{name} needs the Python package(s) openvino" if name.startswith("openvino") else real(name, model, device)))
+    real = runners._importable
+    monkeypatch.setattr(runners, "_importable", lambda module: module != "openvino" and real(module))
     monkeypatch.setattr(runners, "_HINTED", set())
     j = shipped["OU-J"]
     calibration = _entry(j, {"ort-fp32": (100, 0.0), "openvino-fp32": (130, 1e-6), "openvino-int8": (300, 0.2)})
