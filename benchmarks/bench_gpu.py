@@ -9,12 +9,17 @@ not fit is recorded as skipped, never silently dropped):
 
 1. the machine: GPU, driver-visible providers, versions;
 2. the zarr read rate of the store (GB/s of pixels, every chunk read once);
-3. per model, ONNX Runtime on the CUDA execution provider, then on the
-   TensorRT one (when its libraries load; engines cached in a temporary
-   folder), each with a batch sweep: img/s per batch size and max |ΔP|
-   against ONNX Runtime fp32 on the CPU on a fixed set of cutouts;
-4. per model, torch on CUDA in bf16 autocast, channels-last (eager; with
-   ``--compile OU-200,...`` also ``torch.compile`` for those models), the same sweep and |ΔP|;
+3. per model, ONNX Runtime on the CUDA execution provider, then the same
+   provider with ``prefer_nhwc`` (cuDNN's channels-last kernels), then that on
+   the networks with their convolutions' channels padded to multiples of 8
+   (``pad_channels.py``: the same function in the shapes tensor cores take;
+   needs the ``onnx`` package), then the TensorRT provider (when its libraries
+   load; engines cached in a temporary folder), each with a batch sweep: img/s
+   per batch size and max |ΔP| against ONNX Runtime fp32 on the CPU on a fixed
+   set of cutouts; ``best_variant`` names, per model, the fastest of them within
+   |ΔP| ≤ 0.01 and the bound that choice would give;
+4. per model, torch on CUDA in bf16 autocast, channels-last, cuDNN's autotuner on
+   (eager; with ``--compile OU-200,...`` also ``torch.compile`` for those models), the same sweep and |ΔP|;
 5. the seven networks one after another on 4 096 cutouts in the engine's GPU
    call sizes: the ensemble's model-only rate, measured directly;
 6. end to end: ``lensengine run`` (the real engine: Dask, store reads,
@@ -173,8 +178,10 @@ def _best(points: dict) -> tuple[int, float]:
     return max(rated, key=lambda t: t[1]) if rated else (0, 0.0)
 
 
-def ort_section(entries, inputs, reference, providers_list, batches, box, per_point_s, trt_cache: Path) -> dict:
-    """ONNX Runtime per model and provider list (CUDA, TensorRT): batch sweep and max |ΔP|."""
+def ort_section(entries, inputs, reference, providers_list, batches, box, per_point_s, trt_cache: Path,
+                paths: dict[str, dict[str, Path]] | None = None) -> dict:
+    """ONNX Runtime per model and provider list (CUDA, TensorRT): batch sweep and max |ΔP|.  ``paths`` gives a
+    label its own model files (the padded copies), by model name; a label it does not name runs the models."""
     import onnxruntime as ort
 
     results = {}
@@ -184,6 +191,7 @@ def ort_section(entries, inputs, reference, providers_list, batches, box, per_po
             if box.over(reserve=60):
                 results[label][e.name] = {"skipped": "time box"}
                 continue
+            path = (paths or {}).get(label, {}).get(e.name, e.path)
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             provs = providers
@@ -196,7 +204,7 @@ def ort_section(entries, inputs, reference, providers_list, batches, box, per_po
                     *providers[1:]]
             t0 = time.perf_counter()
             try:
-                sess = ort.InferenceSession(str(e.path), opts, providers=provs)
+                sess = ort.InferenceSession(str(path), opts, providers=provs)
                 run = lambda x, s=sess: s.run(["p_lens"], {"cutout": x})[0]  # noqa: E731
                 p = np.concatenate([run(inputs[e.name][i:i + 64]) for i in range(0, len(inputs[e.name]), 64)])
             except Exception as exc:  # noqa: BLE001 - a provider that fails is a result
@@ -205,10 +213,45 @@ def ort_section(entries, inputs, reference, providers_list, batches, box, per_po
             setup = time.perf_counter() - t0
             points = sweep(run, inputs[e.name], batches, box, per_point_s)
             b, rate = _best(points)
-            results[label][e.name] = {"provider_used": sess.get_providers()[0], "setup_s": setup,
+            results[label][e.name] = {"provider_used": sess.get_providers()[0], "setup_s": setup, "file": str(path),
                                       "max_delta_p": float(np.abs(p.reshape(-1) - reference[e.name]).max()),
                                       "sweep": points, "best_batch": b, "best_img_s": rate}
     return results
+
+
+def best_variants(ort_results: dict, tolerance: float = 0.01) -> dict:
+    """Per model, the fastest ONNX Runtime variant (label) within ``tolerance`` in P, and the full ensemble's
+    model-only bound with each model on its own best variant (0 when a model has none)."""
+    per_model: dict[str, dict] = {}
+    for label, models in ort_results.items():
+        for name, r in models.items():
+            if r.get("best_img_s") and r["max_delta_p"] <= tolerance and (
+                    name not in per_model or r["best_img_s"] > per_model[name]["img_s"]):
+                per_model[name] = {"variant": label, "img_s": r["best_img_s"], "batch": r["best_batch"]}
+    names = {name for models in ort_results.values() for name in models}
+    rates = [per_model[n]["img_s"] if n in per_model else 0.0 for n in sorted(names)]
+    bound = 1 / sum(1 / r for r in rates) if rates and all(rates) else 0.0
+    return {"tolerance": tolerance, "models": per_model, "ensemble_model_only_cutouts_per_s": bound}
+
+
+def padded_copies(entries, folder: Path) -> dict[str, Path] | str:
+    """The networks with channels padded to multiples of 8 (``pad_channels.py``), by model name, or why not."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))  # as bench_cascade.py reaches bench_engine.py
+    try:
+        import onnx
+
+        import pad_channels
+    except ImportError as exc:
+        return f"padded copies skipped: {exc}"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for e in entries:
+        copy, _ = pad_channels.pad_conv_channels(onnx.load(str(e.path)), 8)
+        out[e.name] = folder / Path(e.path).name
+        onnx.save(copy, str(out[e.name]))
+    return out
 
 
 def torch_section(entries, inputs, reference, device: str, batches, box, per_point_s, compile_models=(),
@@ -222,6 +265,7 @@ def torch_section(entries, inputs, reference, device: str, batches, box, per_poi
 
     modes = ["eager", "compile"] if compile_models else ["eager"]
     sync = torch.cuda.synchronize if device == "cuda" else None
+    torch.backends.cudnn.benchmark = True  # fixed shapes per sweep point: let cuDNN time its kernels once
     results = {m: {} for m in modes}
     for mode in modes:
         for e in entries:
@@ -421,24 +465,42 @@ def main(argv=None) -> int:
             reference[e.name] = sess.run(["p_lens"], {"cutout": inputs[e.name]})[0].reshape(-1)
 
         save()
+        padded = padded_copies(entries, tmp / "pad8")
+        paths: dict[str, dict[str, Path]] = {}  # a label's own model files
+        if isinstance(padded, str):
+            report["padded"] = padded
         if dry:
             providers_list = [("cpu-standing-in-for-cuda", ["CPUExecutionProvider"])]
+            if not isinstance(padded, str):
+                providers_list.append(("cpu-standing-in-for-cuda-pad8", [("CPUExecutionProvider", {})]))
+                paths = {"cpu-standing-in-for-cuda-pad8": padded}
         elif not ort_cuda:
             providers_list = []
             report["ort_cuda"] = (f"ONNX Runtime's CUDA provider is not usable here (providers "
                                   f"{report['machine'].get('ort_providers')}): its sections and the end-to-end "
                                   "runs skipped; install onnxruntime-gpu built for this CUDA")
         else:
-            providers_list = [("cuda", choose_providers("cuda"))]
+            cuda = choose_providers("cuda")
+            nhwc = [("CUDAExecutionProvider", {"prefer_nhwc": "1"}), *cuda[1:]]
+            providers_list = [("cuda", cuda), ("cuda-nhwc", nhwc)]
+            if not isinstance(padded, str):
+                providers_list.append(("cuda-nhwc-pad8", nhwc))
+                paths = {"cuda-nhwc-pad8": padded}
             trt = choose_providers("auto")
             if trt[0] == "TensorrtExecutionProvider":
                 providers_list.append(("tensorrt", trt))
             else:
                 report["tensorrt"] = "TensorRT libraries not loadable here: skipped"
         report["ort"] = ort_section(entries, inputs, reference, providers_list, batches, box, per_point,
-                                    tmp / "trt-cache")
+                                    tmp / "trt-cache", paths)
         for label, per_model in report["ort"].items():
-            _print_best(f"ort {label:24s}", per_model)
+            _print_best(f"ort {label:30s}", per_model)
+        if report["ort"]:
+            report["best_variant"] = best_variants(report["ort"])
+            print("best ONNX Runtime variant within |ΔP| ≤ 0.01: " + ", ".join(
+                f"{n} {v['variant']} {v['img_s']:.0f} img/s" for n, v in report["best_variant"]["models"].items())
+                + f"; ensemble bound {report['best_variant']['ensemble_model_only_cutouts_per_s']:.0f} cutouts/s",
+                flush=True)
         save()
 
         try:

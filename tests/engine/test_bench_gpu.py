@@ -33,6 +33,13 @@ def test_dry_run_measures_every_section_and_writes_json(tmp_path, tiny_models):
         assert ort[name]["max_delta_p"] == 0.0  # the same provider as the reference: exactly equal
         torch_run = report["torch_bf16"]["eager"][name]
         assert torch_run["best_img_s"] > 0 and torch_run["max_delta_p"] < 0.05
+    if "padded" not in report:  # made where the onnx package is (the training extra): its own file, same P
+        padded = report["ort"]["cpu-standing-in-for-cuda-pad8"]["OU-J"]
+        assert padded["file"].endswith("OU_J.onnx") and padded["file"] != ort["OU-J"]["file"]
+        assert padded["max_delta_p"] < 1e-5 and padded["best_img_s"] > 0
+    best = report["best_variant"]
+    assert best["models"]["OU-J"]["variant"] in ("cpu-standing-in-for-cuda", "cpu-standing-in-for-cuda-pad8")
+    assert best["ensemble_model_only_cutouts_per_s"] == best["models"]["OU-J"]["img_s"]
     e2e = report["end_to_end"]["1"]
     assert e2e["cutouts"] == 24 and e2e["cutouts_per_s"] > 0 and 0 < e2e["of_model_only_bound"]
     assert report["ensemble_model_only_cutouts_per_s"] > 0 and report["goal_cutouts_per_s"] == 20_000
@@ -51,6 +58,20 @@ def test_an_exhausted_time_box_records_what_it_skipped(tmp_path, tiny_models):
     report = json.loads(out.read_text())
     assert report["ort"]["cpu-standing-in-for-cuda"]["OU-J"] == {"skipped": "time box"}
     assert report["end_to_end"]["1"] == {"skipped": "time box"}
+
+
+def test_the_best_variant_is_the_fastest_within_the_bound_per_model():
+    ort = {"cuda": {"A": {"best_img_s": 100.0, "best_batch": 64, "max_delta_p": 0.0},
+                    "B": {"best_img_s": 50.0, "best_batch": 64, "max_delta_p": 0.0}},
+           "cuda-fast-wrong": {"A": {"best_img_s": 400.0, "best_batch": 64, "max_delta_p": 0.02},
+                               "B": {"best_img_s": 200.0, "best_batch": 256, "max_delta_p": 0.001}},
+           "tensorrt": {"A": {"error": "no engine"}, "B": {"skipped": "time box"}}}
+    best = _bench().best_variants(ort)
+    assert best["models"]["A"] == {"variant": "cuda", "img_s": 100.0, "batch": 64}  # 400 img/s is 0.02 off
+    assert best["models"]["B"] == {"variant": "cuda-fast-wrong", "img_s": 200.0, "batch": 256}
+    assert best["ensemble_model_only_cutouts_per_s"] == pytest.approx(1 / (1 / 100 + 1 / 200))
+    del ort["cuda"]["A"], ort["cuda-fast-wrong"]["A"]["best_img_s"]  # no variant of A within the bound: no bound
+    assert _bench().best_variants(ort)["ensemble_model_only_cutouts_per_s"] == 0.0
 
 
 def test_without_a_gpu_only_the_dry_run_is_offered(tmp_path):
