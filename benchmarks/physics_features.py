@@ -28,7 +28,8 @@ stack fit --balance``) and judges on the v4 stores of the model card (``v4_lense
 
 with AUROC and TPR at FPR 1 % / 0.1 % (thresholds as ``lensengine evaluate`` sets them), the difference from the
 shipped stack with its paired bootstrap interval (lenses, sky and hard negatives resampled), the real galaxies above each threshold and J0946's margin over the 0.1 %
-threshold. Measured at stop 45: models/README.md, "Stop 45". Needs scikit-learn (the dev extra).
+threshold, and what the top 20 and 200 sky negatives are (the simulator's kinds). Measured at stop 45:
+models/README.md, "Stop 45". Needs scikit-learn (the dev extra).
 """
 
 from __future__ import annotations
@@ -228,6 +229,7 @@ def judge(scores: Path, label: str, feats: Path, fit: list[str], shipped: dict, 
     scorers = fit_scorers(*(np.concatenate([f[i] for f in fitted]) for i in range(3)), shipped, tail)
     stores = {s: _load(scores, label, feats, s) for s in ("v4_lenses", "v4_hard", "real_galaxies", "j0946", *SKY)}
     is_lens = stores["v4_lenses"][2] == 1
+    sky_kind = np.concatenate([np.load(feats / f"{s}.npz")["kind"] for s in SKY])
     rng = np.random.default_rng(0)
     n_sky = sum(len(stores[s][0]) for s in SKY)
     draws = [(rng.integers(0, is_lens.sum(), is_lens.sum()), rng.integers(0, n_sky, n_sky),
@@ -242,6 +244,9 @@ def judge(scores: Path, label: str, feats: Path, fit: list[str], shipped: dict, 
         point = _figures(lens, sky, hard)
         row = dict(zip(FIGURES, point.round(4).tolist()))
         row["real_above_fpr1_fpr01"] = [int((real > t1).sum()), int((real > t01).sum())]
+        for top in (20, 200):  # what the sky negatives that set the thresholds are (simulator truth)
+            kinds, counts = np.unique(sky_kind[np.argsort(sky)[::-1][:top]], return_counts=True)
+            row[f"top{top}_sky_kinds"] = {str(k): int(c) for k, c in zip(kinds, counts)}
         row["j0946_over_fpr01_threshold_in_sky_sd"] = round(float((scorer(*stores["j0946"][:2]).max() - t01)
                                                                   / sky.std()), 3)
         boot = np.array([_figures(lens[a], sky[b], hard[c]) for a, b, c in draws])

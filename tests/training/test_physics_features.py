@@ -78,12 +78,15 @@ def test_the_judge_finds_a_member_that_carries_the_signal(tmp_path):
         if store == "j0946":
             label[:] = 1
         p = rng.uniform(0.05, 0.95, (n, len(pf.MODELS)))  # the networks: noise
+        kind = np.full(n, "galaxy", dtype="<U16")
+        if store in pf.SKY:  # five sky negatives per store that every network calls a lens
+            p[:5], kind[:5] = 0.999, "look-alike"
         table = {"P_" + m.replace("-", "_"): p[:, i] for i, m in enumerate(pf.MODELS)}
         table["TRUTH_LABEL"] = label
         pq.write_table(pa.table(table), scores / f"t__{store}.parquet")
         x = rng.normal(0, 1, (n, 3))
         x[:, 0] += 3.0 * label  # one feature carries the signal
-        np.savez(feats / f"{store}.npz", a=x[:, 0], b=x[:, 1], c=x[:, 2], label=label, kind=np.full(n, "x"))
+        np.savez(feats / f"{store}.npz", a=x[:, 0], b=x[:, 1], c=x[:, 2], label=label, kind=kind)
     shipped = {"coef": [1.0] * len(pf.MODELS), "intercept": 0.0}
     result = pf.judge(scores, "t", feats, ["fit"], shipped, bootstrap=20, tail=True)
     rows = result["scorers"]
@@ -99,4 +102,6 @@ def test_the_judge_finds_a_member_that_carries_the_signal(tmp_path):
     assert diff[0] == pytest.approx(rows["stack + features"]["auroc"] - rows["shipped stack"]["auroc"], abs=1e-4)
     assert diff[1] <= diff[0] <= diff[2] and diff[1] > 0.3
     assert rows["stack + features"]["j0946_over_fpr01_threshold_in_sky_sd"] > 0  # the one lens clears it
+    assert rows["shipped stack"]["top20_sky_kinds"] == {"look-alike": 20}  # the highest-scoring, in order
+    assert rows["shipped stack"]["top200_sky_kinds"] == {"look-alike": 20, "galaxy": 180}
     assert "| stack + features |" in pf.markdown(json.loads(json.dumps(result)))
