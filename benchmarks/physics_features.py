@@ -23,6 +23,7 @@ stack fit --balance``) and judges on the v4 stores of the model card (``v4_lense
 * ``stack + features``: that stack with one more member, a gradient-boosted classifier of the features alone
   (its log-odds, cross-fitted on the fit stores so the stack does not weigh an over-fitted member);
 * ``boosted``: one gradient-boosted classifier of the seven log-odds and the features together;
+* the member alone (what the features know without the networks);
 * with ``--tail``, two stacks of the log-odds alone fitted for the tail instead of the whole ranking
   (:func:`tail_stacks`);
 
@@ -41,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS = ("OU-J", "OU-Y", "OU-H", "OU-JYH", "OU-66", "OU-VIS", "OU-200")
+from lensengine.engine.specs import MODEL_NAMES as MODELS
+
 NISP_PIXEL, VIS_PIXEL, NISP_STAMP, VIS_STAMP = 0.3, 0.1, 66, 200  # arcsec, pixels
 EDGES = (0.0, 0.6, 1.2, 2.1, 3.3)  # annuli, arcsec
 ARC = (0.45, 2.4)  # where a galaxy-scale lens's arcs lie, arcsec
@@ -197,13 +199,15 @@ def fit_scorers(log_odds: np.ndarray, x: np.ndarray, y: np.ndarray, shipped: dic
     with_member = LogisticRegression(max_iter=3000).fit(np.hstack([log_odds, held_out[:, None]]), y,
                                                         sample_weight=weight)
     together = _boosted().fit(np.hstack([log_odds, x]), y, sample_weight=weight)
-    coef, intercept = np.asarray(shipped["coef"]), float(shipped["intercept"])
+    by_name = dict(zip(shipped.get("models", MODELS), shipped["coef"]))  # in this script's column order
+    coef, intercept = np.array([by_name[m] for m in MODELS]), float(shipped["intercept"])
     return {
         "shipped stack": lambda lo, f: lo @ coef + intercept,
         "stack refitted": lambda lo, f: refit.decision_function(lo),
         "stack + features": lambda lo, f: with_member.decision_function(
             np.hstack([lo, member.decision_function(f)[:, None]])),
         "boosted (log-odds and features)": lambda lo, f: together.decision_function(np.hstack([lo, f])),
+        "features alone (the member)": lambda lo, f: member.decision_function(f),
         **(tail_stacks(log_odds, y, weight) if tail else {}),
     }
 

@@ -87,16 +87,23 @@ def test_the_judge_finds_a_member_that_carries_the_signal(tmp_path):
         x = rng.normal(0, 1, (n, 3))
         x[:, 0] += 3.0 * label  # one feature carries the signal
         np.savez(feats / f"{store}.npz", a=x[:, 0], b=x[:, 1], c=x[:, 2], label=label, kind=kind)
-    shipped = {"coef": [1.0] * len(pf.MODELS), "intercept": 0.0}
+    # the shipped stack's weights by name, in another order than the score columns: all on OU-J alone
+    shipped = {"models": list(pf.MODELS)[::-1], "coef": [0.0] * (len(pf.MODELS) - 1) + [1.0], "intercept": 0.0}
     result = pf.judge(scores, "t", feats, ["fit"], shipped, bootstrap=20, tail=True)
     rows = result["scorers"]
     tail = ["stack, top 1 % non-lenses ×10", "stack, smoothed TPR at FPR 1 %"]
     assert list(rows) == ["shipped stack", "stack refitted", "stack + features", "boosted (log-odds and features)",
-                          *tail]
+                          "features alone (the member)", *tail]
+    assert rows["features alone (the member)"]["auroc"] > 0.95
     for name in tail:  # the log-odds alone, fitted for the tail: still nothing to find in noise
         assert abs(rows[name]["auroc"] - 0.5) < 0.1, name
     assert result["fit_rows"] == 1200 and "minus_shipped" not in rows["shipped stack"]
     assert abs(rows["stack refitted"]["auroc"] - 0.5) < 0.1 and rows["shipped stack"]["auroc"] < 0.6
+    lens_p = pq.read_table(scores / "t__v4_lenses.parquet").to_pydict()
+    sky_p = np.concatenate([pq.read_table(scores / f"t__{s}.parquet").to_pydict()["P_OU_J"] for s in pf.SKY])
+    ours = np.array(lens_p["P_OU_J"])[np.array(lens_p["TRUTH_LABEL"]) == 1]
+    by_hand = np.mean(ours[:, None] > sky_p[None]) + 0.5 * np.mean(ours[:, None] == sky_p[None])
+    assert rows["shipped stack"]["auroc"] == pytest.approx(by_hand, abs=1e-4)  # OU-J's AUROC: the weights by name
     assert rows["stack + features"]["auroc"] > 0.95 and rows["stack + features"]["tpr_fpr1"] > 0.5
     diff = rows["stack + features"]["minus_shipped"]["auroc"]
     assert diff[0] == pytest.approx(rows["stack + features"]["auroc"] - rows["shipped stack"]["auroc"], abs=1e-4)
