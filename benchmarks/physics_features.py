@@ -29,7 +29,9 @@ stack fit --balance``) and judges on the v4 stores of the model card (``v4_lense
 
 with AUROC and TPR at FPR 1 % / 0.1 % (thresholds as ``lensengine evaluate`` sets them), the difference from the
 shipped stack with its paired bootstrap interval (lenses, sky and hard negatives resampled), the real galaxies above each threshold and J0946's margin over the 0.1 %
-threshold, and what the top 20 and 200 sky negatives are (the simulator's kinds). Measured at stop 45:
+threshold, and what the top 20 and 200 sky negatives are (the simulator's kinds); where the issue's frozen
+non-lenses were scored and extracted as ``frozen_nonlenses`` (made with the b9282e6 simulator), the hidden-check
+proxy of ``sky_check.py`` (survey lenses and J0946 above each group's 99th percentile). Measured at stop 45:
 models/README.md, "Stop 45". Needs scikit-learn (the dev extra).
 """
 
@@ -234,6 +236,16 @@ def judge(scores: Path, label: str, feats: Path, fit: list[str], shipped: dict, 
     stores = {s: _load(scores, label, feats, s) for s in ("v4_lenses", "v4_hard", "real_galaxies", "j0946", *SKY)}
     is_lens = stores["v4_lenses"][2] == 1
     sky_kind = np.concatenate([np.load(feats / f"{s}.npz")["kind"] for s in SKY])
+    frozen = None  # the issue's hidden-check negatives (sky_check.py's proxy), where they were scored
+    if (scores / f"{label}__frozen_nonlenses.parquet").exists() and (feats / "frozen_nonlenses.npz").exists():
+        import pyarrow.parquet as pq
+
+        sys.path.insert(0, str(Path(__file__).parent))  # as bench_cascade.py reaches bench_engine.py
+        import sky_check
+
+        easy = np.asarray(pq.read_table(scores / f"{label}__v4_lenses.parquet").column("TRUTH_LABEL_EASY"))[is_lens]
+        frozen = (_load(scores, label, feats, "frozen_nonlenses"), np.load(feats / "frozen_nonlenses.npz")["kind"],
+                  easy == 1, sky_check._proxy_cuts)
     rng = np.random.default_rng(0)
     n_sky = sum(len(stores[s][0]) for s in SKY)
     draws = [(rng.integers(0, is_lens.sum(), is_lens.sum()), rng.integers(0, n_sky, n_sky),
@@ -248,6 +260,11 @@ def judge(scores: Path, label: str, feats: Path, fit: list[str], shipped: dict, 
         point = _figures(lens, sky, hard)
         row = dict(zip(FIGURES, point.round(4).tolist()))
         row["real_above_fpr1_fpr01"] = [int((real > t1).sum()), int((real > t01).sum())]
+        if frozen is not None:  # survey lenses (all / easy) and J0946 above each group's 99th percentile
+            (f_lo, f_x, _), f_kind, easy, cuts = frozen
+            j = scorer(*stores["j0946"][:2]).max()
+            row["proxy"] = {group: [round(float(np.mean(lens > cut)), 3), round(float(np.mean(lens[easy] > cut)), 3),
+                                    bool(j > cut)] for group, cut in cuts(scorer(f_lo, f_x), f_kind).items()}
         for top in (20, 200):  # what the sky negatives that set the thresholds are (simulator truth)
             kinds, counts = np.unique(sky_kind[np.argsort(sky)[::-1][:top]], return_counts=True)
             row[f"top{top}_sky_kinds"] = {str(k): int(c) for k, c in zip(kinds, counts)}
@@ -282,6 +299,15 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {cell('auroc')} | {cell('tpr_fpr1')} | {cell('tpr_fpr01')} | {cell('hard_tpr_fpr1')} "
                      f"| {r['real_above_fpr1_fpr01'][0]} / {r['real_above_fpr1_fpr01'][1]} "
                      f"| {r['j0946_over_fpr01_threshold_in_sky_sd']:+.2f} |")
+    proxied = {n: r["proxy"] for n, r in result["scorers"].items() if "proxy" in r}
+    if proxied:
+        groups = list(next(iter(proxied.values())))
+        lines += ["", "Hidden-check proxy (the frozen b9282e6 non-lenses): survey lenses above each group's 99th "
+                  "percentile, all / easy, and whether J0946 is.", "",
+                  "| scorer | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+        for name, proxy in proxied.items():
+            lines.append(f"| {name} | " + " | ".join(f"{a:.3f} / {b:.3f}, J0946 {'yes' if j else 'no'}"
+                                                     for a, b, j in proxy.values()) + " |")
     return "\n".join(lines) + "\n"
 
 

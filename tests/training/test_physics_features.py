@@ -70,7 +70,7 @@ def test_the_judge_finds_a_member_that_carries_the_signal(tmp_path):
     scores.mkdir()
     feats.mkdir()
     sizes = {"fit": 1200, "v4_lenses": 300, "v4_hard": 300, "real_galaxies": 20, "j0946": 1,
-             **{s: 500 for s in pf.SKY}}
+             "frozen_nonlenses": 400, **{s: 500 for s in pf.SKY}}
     for store, n in sizes.items():
         label = np.zeros(n, np.int64)
         if store in ("fit", "v4_lenses"):
@@ -81,8 +81,11 @@ def test_the_judge_finds_a_member_that_carries_the_signal(tmp_path):
         kind = np.full(n, "galaxy", dtype="<U16")
         if store in pf.SKY:  # five sky negatives per store that every network calls a lens
             p[:5], kind[:5] = 0.999, "look-alike"
+        if store == "frozen_nonlenses":  # the hidden-check proxy's groups: ellipticals score lower here
+            kind[:] = ["elliptical", "spiral-face-on", "ring-galaxy", "merger"] * 100
+            p[kind == "elliptical"] *= 0.5
         table = {"P_" + m.replace("-", "_"): p[:, i] for i, m in enumerate(pf.MODELS)}
-        table["TRUTH_LABEL"] = label
+        table["TRUTH_LABEL"], table["TRUTH_LABEL_EASY"] = label, label * (np.arange(n) % 2)
         pq.write_table(pa.table(table), scores / f"t__{store}.parquet")
         x = rng.normal(0, 1, (n, 3))
         x[:, 0] += 3.0 * label  # one feature carries the signal
@@ -111,4 +114,17 @@ def test_the_judge_finds_a_member_that_carries_the_signal(tmp_path):
     assert rows["stack + features"]["j0946_over_fpr01_threshold_in_sky_sd"] > 0  # the one lens clears it
     assert rows["shipped stack"]["top20_sky_kinds"] == {"look-alike": 20}  # the highest-scoring, in order
     assert rows["shipped stack"]["top200_sky_kinds"] == {"look-alike": 20, "galaxy": 180}
-    assert "| stack + features |" in pf.markdown(json.loads(json.dumps(result)))
+    # the proxy by hand for the shipped stack (OU-J's log-odds): lenses above each group's 99th percentile
+    frozen = pq.read_table(scores / "t__frozen_nonlenses.parquet").to_pydict()
+    f_kind = np.load(feats / "frozen_nonlenses.npz")["kind"]
+    f_lo = np.log(np.array(frozen["P_OU_J"]) / (1 - np.array(frozen["P_OU_J"])))
+    lens_lo = np.log(ours / (1 - ours))
+    easy = (np.arange(300) % 2)[np.array(lens_p["TRUTH_LABEL"]) == 1] == 1
+    for group, mask in (("ellipticals", f_kind == "elliptical"),
+                        ("ordinary mix", np.isin(f_kind, ["elliptical", "spiral-face-on"])), ("all", f_kind != "")):
+        cut = np.quantile(f_lo[mask], 0.99)
+        expected = [round(float(np.mean(lens_lo > cut)), 3), round(float(np.mean(lens_lo[easy] > cut)), 3)]
+        assert rows["shipped stack"]["proxy"][group][:2] == pytest.approx(expected, abs=1e-3), group
+    assert rows["shipped stack"]["proxy"]["ellipticals"][0] > rows["shipped stack"]["proxy"]["all"][0]
+    text = pf.markdown(json.loads(json.dumps(result)))
+    assert "| stack + features |" in text and "Hidden-check proxy" in text

@@ -13,7 +13,13 @@ ln -sfn $J/rc/j0946.zarr $J/j0946.zarr; ln -sfn $J/rc/real_galaxies.zarr $J/real
 lensengine -q simulate --kind sky-negatives -n 6000 --seed 3101 --workers 2 --out $P/fit_sky.zarr
 lensengine -q simulate --kind hard-negatives -n 1000 --seed 3102 --workers 2 --out $P/fit_hard.zarr
 lensengine -q simulate --kind survey-lenses -n 3000 --seed 3103 --workers 2 --out $P/fit_lenses.zarr
-STORES="$J/v4_lenses.zarr $J/v4_sky_2026.zarr $J/v4_sky_2027.zarr $J/v4_sky_2028.zarr $J/v4_sky_2029.zarr $J/v4_hard.zarr
+# the issue's hidden-check negatives, made with the simulator of b9282e6 (the frozen set of the proxy)
+mkdir -p $W/b928/src $W/b928/pkg/lensengine && git -C $M archive b9282e6 | tar -x -C $W/b928/src
+cp $W/b928/src/src/lensengine/__init__.py $W/b928/pkg/lensengine/
+for d in catalogs engine models plugins training; do ln -sfn $W/b928/src/$d $W/b928/pkg/lensengine/$d; done
+PYTHONPATH=$W/b928/pkg python -c "from lensengine.training.simulate import simulate_store as s; \
+    s('$J/frozen_nonlenses.zarr', 'non-lenses', 1000, 4242, workers=2, progress=False, overwrite=True)"
+STORES="$J/frozen_nonlenses.zarr $J/v4_lenses.zarr $J/v4_sky_2026.zarr $J/v4_sky_2027.zarr $J/v4_sky_2028.zarr $J/v4_sky_2029.zarr $J/v4_hard.zarr
         $J/j0946.zarr $J/real_galaxies.zarr $J/val4.zarr $P/fit_sky.zarr $P/fit_hard.zarr $P/fit_lenses.zarr"
 python $M/benchmarks/sky_check.py score --label s45 --models $M/models --out $W/scores $STORES
 python $M/benchmarks/physics_features.py extract --out $W/feats $STORES
