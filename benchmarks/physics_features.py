@@ -227,6 +227,21 @@ def _figures(lens: np.ndarray, sky: np.ndarray, hard: np.ndarray) -> np.ndarray:
 FIGURES = ("tpr_fpr1", "tpr_fpr01", "hard_tpr_fpr1", "auroc")
 
 
+def _frozen(scores: Path, label: str, feats: Path, is_lens: np.ndarray):
+    """The issue's hidden-check negatives where they were scored and extracted (``frozen_nonlenses``): their
+    (log-odds, features, labels), kinds, the easy survey lenses' mask and ``sky_check``'s proxy cuts; else None."""
+    if not ((scores / f"{label}__frozen_nonlenses.parquet").exists() and (feats / "frozen_nonlenses.npz").exists()):
+        return None
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(Path(__file__).parent))  # as bench_cascade.py reaches bench_engine.py
+    import sky_check
+
+    easy = np.asarray(pq.read_table(scores / f"{label}__v4_lenses.parquet").column("TRUTH_LABEL_EASY"))[is_lens]
+    return (_load(scores, label, feats, "frozen_nonlenses"), np.load(feats / "frozen_nonlenses.npz")["kind"],
+            easy == 1, sky_check._proxy_cuts)
+
+
 def judge(scores: Path, label: str, feats: Path, fit: list[str], shipped: dict, bootstrap: int = 400,
           tail: bool = False) -> dict:
     from lensengine.training.metrics import threshold_at_fpr
@@ -236,16 +251,7 @@ def judge(scores: Path, label: str, feats: Path, fit: list[str], shipped: dict, 
     stores = {s: _load(scores, label, feats, s) for s in ("v4_lenses", "v4_hard", "real_galaxies", "j0946", *SKY)}
     is_lens = stores["v4_lenses"][2] == 1
     sky_kind = np.concatenate([np.load(feats / f"{s}.npz")["kind"] for s in SKY])
-    frozen = None  # the issue's hidden-check negatives (sky_check.py's proxy), where they were scored
-    if (scores / f"{label}__frozen_nonlenses.parquet").exists() and (feats / "frozen_nonlenses.npz").exists():
-        import pyarrow.parquet as pq
-
-        sys.path.insert(0, str(Path(__file__).parent))  # as bench_cascade.py reaches bench_engine.py
-        import sky_check
-
-        easy = np.asarray(pq.read_table(scores / f"{label}__v4_lenses.parquet").column("TRUTH_LABEL_EASY"))[is_lens]
-        frozen = (_load(scores, label, feats, "frozen_nonlenses"), np.load(feats / "frozen_nonlenses.npz")["kind"],
-                  easy == 1, sky_check._proxy_cuts)
+    frozen = _frozen(scores, label, feats, is_lens)
     rng = np.random.default_rng(0)
     n_sky = sum(len(stores[s][0]) for s in SKY)
     draws = [(rng.integers(0, is_lens.sum(), is_lens.sum()), rng.integers(0, n_sky, n_sky),
@@ -260,16 +266,15 @@ def judge(scores: Path, label: str, feats: Path, fit: list[str], shipped: dict, 
         point = _figures(lens, sky, hard)
         row = dict(zip(FIGURES, point.round(4).tolist()))
         row["real_above_fpr1_fpr01"] = [int((real > t1).sum()), int((real > t01).sum())]
+        j0946 = scorer(*stores["j0946"][:2]).max()
         if frozen is not None:  # survey lenses (all / easy) and J0946 above each group's 99th percentile
             (f_lo, f_x, _), f_kind, easy, cuts = frozen
-            j = scorer(*stores["j0946"][:2]).max()
             row["proxy"] = {group: [round(float(np.mean(lens > cut)), 3), round(float(np.mean(lens[easy] > cut)), 3),
-                                    bool(j > cut)] for group, cut in cuts(scorer(f_lo, f_x), f_kind).items()}
+                                    bool(j0946 > cut)] for group, cut in cuts(scorer(f_lo, f_x), f_kind).items()}
         for top in (20, 200):  # what the sky negatives that set the thresholds are (simulator truth)
             kinds, counts = np.unique(sky_kind[np.argsort(sky)[::-1][:top]], return_counts=True)
             row[f"top{top}_sky_kinds"] = {str(k): int(c) for k, c in zip(kinds, counts)}
-        row["j0946_over_fpr01_threshold_in_sky_sd"] = round(float((scorer(*stores["j0946"][:2]).max() - t01)
-                                                                  / sky.std()), 3)
+        row["j0946_over_fpr01_threshold_in_sky_sd"] = round(float((j0946 - t01) / sky.std()), 3)
         boot = np.array([_figures(lens[a], sky[b], hard[c]) for a, b, c in draws])
         if reference is None:
             reference = (point, boot)
