@@ -236,21 +236,18 @@ def best_variants(ort_results: dict, tolerance: float = 0.01) -> dict:
 
 def padded_copies(entries, folder: Path) -> dict[str, Path] | str:
     """The networks with channels padded to multiples of 8 (``pad_channels.py``), by model name, or why not."""
+    import importlib.util
     import sys
 
+    if importlib.util.find_spec("onnx") is None:
+        return "padded copies skipped: the onnx package is not installed (the training extra)"
     sys.path.insert(0, str(Path(__file__).parent))  # as bench_cascade.py reaches bench_engine.py
-    try:
-        import onnx
+    import pad_channels
 
-        import pad_channels
-    except ImportError as exc:
-        return f"padded copies skipped: {exc}"
     folder.mkdir(parents=True, exist_ok=True)
-    out = {}
+    out = {e.name: folder / Path(e.path).name for e in entries}
     for e in entries:
-        copy, _ = pad_channels.pad_conv_channels(onnx.load(str(e.path)), 8)
-        out[e.name] = folder / Path(e.path).name
-        onnx.save(copy, str(out[e.name]))
+        pad_channels.pad_file(e.path, out[e.name], 8)
     return out
 
 

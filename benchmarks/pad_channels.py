@@ -105,6 +105,16 @@ def pad_conv_channels(model, multiple: int = 8):
     return copy, changes
 
 
+def pad_file(source: Path, target: Path, multiple: int = 8):
+    """:func:`pad_conv_channels` of the ONNX file ``source``, saved to ``target``: ``(original, copy, changes)``."""
+    import onnx
+
+    original = onnx.load(str(source))
+    copy, changes = pad_conv_channels(original, multiple)
+    onnx.save(copy, str(target))
+    return original, copy, changes
+
+
 def _drop_unused(graph) -> None:
     """Remove the tensors (and the Identity nodes sharing them) that nothing reads any more."""
     while True:
@@ -167,8 +177,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
     args = ap.parse_args(argv)
 
-    import onnx
-
     from lensengine.engine.models import discover_models
 
     entries = discover_models(args.models)
@@ -178,10 +186,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     rows = []
     for e in entries:
-        original = onnx.load(str(e.path))
-        copy, changes = pad_conv_channels(original, args.multiple)
         target = args.out / Path(e.path).name
-        onnx.save(copy, str(target))
+        original, copy, changes = pad_file(e.path, target, args.multiple)
         x = rng.random((args.check, len(e.bands), e.stamp, e.stamp), dtype=np.float32)
         p0, r0 = _ort_rate(original.SerializeToString(), x, args.threads)
         p1, r1 = _ort_rate(copy.SerializeToString(), x, args.threads)

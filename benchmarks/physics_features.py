@@ -293,7 +293,7 @@ def judge(scores: Path, label: str, feats: Path, fit: list[str], shipped: dict, 
 def markdown(result: dict) -> str:
     lines = [f"Fitted on {', '.join(result['fit'])} ({result['fit_rows']} rows); judged on v4_lenses against the "
              "four v4_sky stores (20 000) and v4_hard; in brackets the difference from the shipped stack on all cutouts "
-             f"and its paired 95 % bootstrap interval; thresholds on the sky stores.", "",
+             "and its paired 95 % bootstrap interval; thresholds on the sky stores.", "",
              "| scorer | AUROC | TPR@FPR1% | TPR@FPR0.1% | hard TPR@FPR1% | real above 1 % / 0.1 % | J0946 over 0.1 % thr (sky sd) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in result["scorers"].items():
