@@ -224,11 +224,13 @@ class CutoutSet:
     """The usable cutouts of one store for one model: labels plus prepared inputs or raw bands."""
 
     def __init__(self, spec: ModelSpec, labels: np.ndarray, *, inputs: np.ndarray | None = None,
-                 raw: dict[str, np.ndarray] | None = None):
+                 raw: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None):
         if (inputs is None) == (raw is None):
             raise ValueError("give exactly one of inputs (prepared) or raw bands")
         self.spec = spec
         self.labels = np.asarray(labels, dtype=np.int64)
+        # each cutout's row in the store it was read from (store order over tiles and chunks)
+        self.rows = np.arange(self.labels.size) if rows is None else np.asarray(rows, dtype=np.int64)
         self.inputs = inputs
         self.raw = raw
         self._prep = Preprocessor([spec]) if raw is not None else None
@@ -279,8 +281,9 @@ class CutoutSet:
     def subset(self, index: np.ndarray) -> "CutoutSet":
         index = np.asarray(index)
         if self.inputs is not None:
-            return CutoutSet(self.spec, self.labels[index], inputs=self.inputs[index])
-        return CutoutSet(self.spec, self.labels[index], raw={b: a[index] for b, a in self.raw.items()})
+            return CutoutSet(self.spec, self.labels[index], inputs=self.inputs[index], rows=self.rows[index])
+        return CutoutSet(self.spec, self.labels[index], raw={b: a[index] for b, a in self.raw.items()},
+                         rows=self.rows[index])
 
 
 def _open_store(store):
@@ -345,6 +348,8 @@ def load_cutouts(store, spec: ModelSpec, *, limit: int | None = None, cache: str
         inputs = None
         raw = {b: np.empty((capacity, NATIVE_STAMP[b], NATIVE_STAMP[b]), dtype=np.float32) for b in spec.bands}
     labels = np.empty(capacity, dtype=np.int64)
+    store_rows = np.empty(capacity, dtype=np.int64)
+    first_row = dict(zip(store.tiles, np.cumsum([0] + [store.n_cutouts(t) for t in store.tiles])))
     prep = Preprocessor([spec])
     n = 0
     for tile, index, batch in iter_store_chunks(store, report):
@@ -375,15 +380,16 @@ def load_cutouts(store, spec: ModelSpec, *, limit: int | None = None, cache: str
             for b in spec.bands:
                 raw[b][n:n + k] = np.asarray(bands[b], dtype=np.float32)[rows]
         labels[n:n + k] = label[rows]
+        store_rows[n:n + k] = first_row[tile] + store.chunk_slices(tile)[index][0] + rows
         n += k
         if progress is not None:
             progress(report.n_read, total)
     report.n_used = n
     report.seconds = time.perf_counter() - t0
     if inputs is not None:
-        data = CutoutSet(spec, labels[:n].copy(), inputs=inputs[:n])
+        data = CutoutSet(spec, labels[:n].copy(), inputs=inputs[:n], rows=store_rows[:n].copy())
     else:
-        data = CutoutSet(spec, labels[:n].copy(), raw={b: a[:n] for b, a in raw.items()})
+        data = CutoutSet(spec, labels[:n].copy(), raw={b: a[:n] for b, a in raw.items()}, rows=store_rows[:n].copy())
     log.info("%s: %d usable cutouts for %s from %s (%d skipped, %d unreadable chunks, %s cache, %.1f s)",
              spec.name, n, spec.name, report.store, report.n_skipped, len(report.unreadable_chunks), data.mode,
              report.seconds)

@@ -106,6 +106,10 @@ class TrainConfig:
     hard_negatives: float = 0.0        # fraction of training negatives with the highest P(lens) last epoch ...
     hard_negative_boost: int = 2       # ... seen this many times in the next epoch (hard_negatives 0: no mining)
     l2sp: float = 0.01                 # L2-SP strength towards the init_from weights (ignored without init_from)
+    stack_scores: str = ""             # stack-aware training (training/stack_aware.py): a score table of the
+                                       # training store with the other members' P; "" trains the network alone
+    stack_file: str = ""               # the stack (""): the shipped models/ou_stack.json
+    stack_weight: float = 0.5          # loss = (1 - w) CE(network) + w BCE(the stack with this network in it)
     val_fraction: float = 0.1          # split off the training store when no validation store is given
     max_train: int | None = None       # use at most this many training cutouts (store order)
     max_val: int | None = None         # use at most this many validation cutouts
@@ -148,6 +152,8 @@ class TrainConfig:
                              f"{self.hard_negatives} and {self.hard_negative_boost}")
         if self.l2sp < 0:
             raise ValueError(f"l2sp must be >= 0, got {self.l2sp}")
+        if not 0 <= self.stack_weight <= 1:
+            raise ValueError(f"stack_weight must be in [0, 1], got {self.stack_weight}")
         if self.augment == "full" and self.cache == "prepared":
             raise ValueError("augment 'full' jitters the raw bands before preprocessing: use cache 'raw' or "
                              "'auto', not 'prepared' (or augment 'flips')")
@@ -268,9 +274,19 @@ def _epoch_order(n: int, labels: np.ndarray, cfg: TrainConfig, gen: torch.Genera
     return rows[torch.randperm(rows.size, generator=gen).numpy()]
 
 
+def _stack_loss(logits, y, offsets, w, coef: float) -> torch.Tensor:
+    """The stack's class-weighted binary cross-entropy: this network's log-odds with its weight ``coef``
+    beside the fixed ``offsets`` of the other members (rows without one, NaN, count for nothing)."""
+    has = torch.isfinite(offsets)
+    z = coef * (logits[:, 1] - logits[:, 0]) + torch.nan_to_num(offsets)
+    w = w * has
+    per = nn.functional.binary_cross_entropy_with_logits(z, y.float(), reduction="none") * w
+    return per.sum() / w.sum().clamp_min(1e-12)
+
+
 def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision, criterion, optimizer=None,
                scaler=None, progress=None, task=None, augmenter=None, aug_seed: int = 0, anchor=None,
-               lr_at=None) -> dict:
+               lr_at=None, offsets=None) -> dict:
     """Train (optimizer given) or evaluate over ``order``; returns loss, accuracy, timings.
 
     With hard-negative mining, training also returns ``scores``: the P(lens) each
@@ -279,6 +295,8 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
     ``anchor`` (L2-SP) adds ``l2sp/2 · Σ‖w − w0‖²`` to the training loss; the
     logged loss stays the cross-entropy alone, comparable with validation.
     ``lr_at(fraction)`` sets the learning rate before each step (a schedule).
+    ``offsets`` (stack-aware training: ``(log-odds per row of data, coef)``) mixes the stack's loss into
+    the training loss, ``stack_weight`` of it (:func:`_stack_loss`).
     """
     training = optimizer is not None
     net.train(training)
@@ -299,6 +317,10 @@ def _run_epoch(net, data: CutoutSet, order, cfg: TrainConfig, device, precision,
             per = criterion(logits.float(), y)
             w = criterion.weight[y] if criterion.weight is not None else torch.ones_like(per)
             loss = per.sum() / w.sum()
+            if training and offsets is not None:
+                row_offsets, coef = offsets
+                off = torch.from_numpy(row_offsets[order[n:n + len(y_np)]]).to(device)
+                loss = (1 - cfg.stack_weight) * loss + cfg.stack_weight * _stack_loss(logits.float(), y, off, w, coef)
             if scores is not None:
                 scores[order[n:n + len(y_np)]] = logits.detach().float().softmax(1)[:, 1].cpu().numpy()
             if training:
@@ -367,6 +389,19 @@ def _load_data(cfg: TrainConfig, data, val, spec) -> tuple[CutoutSet, CutoutSet,
     reports.update({"n_train": len(train_set), "n_val": len(val_set), "lens_fraction": f,
                     "val_lens_fraction": val_set.lens_fraction, "cache": train_set.mode})
     return train_set, val_set, reports
+
+
+def _stack_offsets(cfg: TrainConfig, store, train_set: CutoutSet) -> tuple[np.ndarray, float] | None:
+    """Stack-aware training's ``(offset per training row (float32, NaN: none), this network's stack weight)``,
+    or None without ``stack_scores``."""
+    if not cfg.stack_scores:
+        return None
+    from lensengine.training.stack_aware import shipped_stack_file, stack_offsets
+
+    table, coef = stack_offsets(cfg.stack_scores, cfg.stack_file or shipped_stack_file(), cfg.model, store)
+    log.info("%s: stack-aware training (weight %.2f), its stack coefficient %.3f, offsets for %d of %d rows",
+             cfg.model, cfg.stack_weight, coef, int(np.isfinite(table[train_set.rows]).sum()), len(train_set))
+    return table[train_set.rows].astype(np.float32), coef
 
 
 # --- logging -------------------------------------------------------------------------------------
@@ -481,6 +516,7 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     val_precision = "fp32" if cfg.val_precision == "fp32" else precision
 
     train_set, val_set, data_report = _load_data(cfg, data, val, spec)
+    offsets = _stack_offsets(cfg, data, train_set)
     f = data_report["lens_fraction"]
     weights = torch.tensor([f, 1.0 - f] if cfg.class_weights else [1.0, 1.0], dtype=torch.float32, device=device)
     criterion = nn.CrossEntropyLoss(weight=weights, reduction="none")
@@ -564,7 +600,7 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             lr_start = scheduled_lr(cfg, epoch)
             tr = _run_epoch(net, train_set, order, cfg, device, precision, criterion, optimizer, scaler,
                             bar, task, augmenter=augmenter, aug_seed=aug_seed, anchor=anchor,
-                            lr_at=lambda f, e=epoch: scheduled_lr(cfg, e, f))
+                            lr_at=lambda f, e=epoch: scheduled_lr(cfg, e, f), offsets=offsets)
             if cfg.hard_negatives > 0:
                 # rows the epoch did not reach keep their previous score
                 fresh = tr["scores"]

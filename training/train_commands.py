@@ -79,6 +79,16 @@ def _quiet(ctx: click.Context) -> bool:
 @click.option("--l2sp", type=float, default=0.01, show_default=True,
               help="L2-SP: add L2SP/2 * sum((w - w0)^2) over conv/linear weights, w0 = the --init-from weights "
                    "(0: plain fine-tuning; ignored without --init-from).")
+@click.option("--stack-scores", "stack_scores", type=click.Path(exists=True, path_type=Path), default=None,
+              metavar="TABLE",
+              help="Stack-aware training: the score table of --tiles from `lensengine run --scores` (every other "
+                   "member of the stack scored). The training loss adds the stacked ensemble's loss with this "
+                   "network in it and the others fixed, so it learns most where the rest of the stack errs "
+                   "(docs/training.md, \"Stack-aware training\").")
+@click.option("--stack-file", "stack_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The stack for --stack-scores (default: the shipped models/ou_stack.json).")
+@click.option("--stack-weight", "stack_weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --stack-scores: the stack's share of the loss; the rest is the network's own.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly.")
 @click.option("--no-export", is_flag=True, help="Do not export the best weights to ONNX at the end.")
 @json_option(help="Print each model's result (epochs, stop reason, best validation loss, files) as JSON.")
@@ -86,7 +96,8 @@ def _quiet(ctx: click.Context) -> bool:
 @click.pass_context
 def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size, lr, lr_schedule, seed, val_fraction,
               device, precision, max_train, max_val, min_arc_snr, early_stop, select_by, max_time, threads, cache,
-              max_memory_gb, loader_workers, init_from, augment, hard_negatives, hard_boost, l2sp, resume, no_export, as_json):
+              max_memory_gb, loader_workers, init_from, augment, hard_negatives, hard_boost, l2sp, stack_scores, stack_file,
+              stack_weight, resume, no_export, as_json):
     """Train a lens-finding CNN: the paper's recipe (Adam 3e-4, class-weighted cross-entropy) plus the sky recipe.
 
     The sky recipe: per-cutout flips/turns and raw-band jitter (--augment), hard-negative
@@ -117,6 +128,7 @@ def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size,
                       max_time_min=max_time, precision=precision, device=device, num_threads=threads or None,
                       cache=cache, max_memory_gb=max_memory_gb, init_from=str(init_from or ""), augment=augment,
                       hard_negatives=hard_negatives, hard_negative_boost=hard_boost, l2sp=l2sp,
+                      stack_scores=str(stack_scores or ""), stack_file=str(stack_file or ""), stack_weight=stack_weight,
                       loader_workers=loader_workers)
     progress = not _quiet(ctx)
     try:

@@ -355,3 +355,93 @@ def test_kept_epoch_is_the_best_tpr_at_fpr1_and_old_checkpoints_kept_the_loss(st
     assert TrainConfig.from_dict(old).select_by == "loss"
     with pytest.raises(ValueError, match="select_by"):
         _cfg(select_by="f1").resolved()
+
+
+# --- stack-aware training ---------------------------------------------------------------------------
+
+def _stack_table(path, ids, probs: dict, **columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"OBJECT_ID": np.asarray(ids, np.int64), **columns,
+                             **{"P_" + m.replace("-", "_"): np.asarray(p, np.float32) for m, p in probs.items()}}), path)
+    return path
+
+
+def _stack_json(path, models, coef, intercept):
+    import json
+
+    path.write_text(json.dumps({"kind": "lensengine logistic stack", "models": list(models),
+                                "coef": list(coef), "intercept": intercept, "clip": 1e-6}))
+    return path
+
+
+def test_stack_offsets_are_the_other_members_log_odds_found_by_object_id(store, tmp_path):
+    from lensengine.training.stack_aware import stack_offsets
+
+    rng = np.random.default_rng(3)
+    n = SurveyStore.open(store).total_cutouts()
+    ids = rng.permutation(n)[: n - 5]  # shuffled, five cutouts left out
+    probs = {m: rng.uniform(0.01, 0.99, ids.size) for m in ("OU-66", "OU-VIS", "OU-JYH")}
+    probs["OU-VIS"][0] = np.nan  # a flagged cutout
+    table = _stack_table(tmp_path / "s.parquet", ids, probs)
+    stack = _stack_json(tmp_path / "stack.json", ("OU-66", "OU-VIS", "OU-JYH"), (0.9, 0.8, -0.25), 0.5)
+    offsets, coef = stack_offsets(table, stack, "OU-JYH", store)
+    assert coef == -0.25 and offsets.shape == (n,)
+    p32 = {m: p.astype(np.float32).astype(np.float64) for m, p in probs.items()}  # as the table holds them
+    lo = {m: np.log(p / (1 - p)) for m, p in p32.items()}
+    want = np.full(n, np.nan)
+    want[ids] = 0.5 + 0.9 * lo["OU-66"] + 0.8 * lo["OU-VIS"]  # by hand; OU-JYH's own score plays no part
+    assert np.isnan(offsets[ids[0]]) and np.isnan(offsets).sum() == 6
+    np.testing.assert_allclose(offsets, want, rtol=1e-9, equal_nan=True)
+    # a run's table names cutouts by tile and row (joined stores repeat object IDs), checked by object ID
+    by_row = _stack_table(tmp_path / "r.parquet", np.where(np.arange(ids.size) == 3, 999, ids), probs,
+                          TILE=np.full(ids.size, "T0"), ROW=ids)
+    found, _ = stack_offsets(by_row, stack, "OU-JYH", store)
+    want[ids[3]] = np.nan  # its object ID does not match the cutout at that row
+    np.testing.assert_allclose(found, want, rtol=1e-9, equal_nan=True)
+    with pytest.raises(ValueError, match=r"its tiles \['elsewhere'\] are not the store's"):
+        stack_offsets(_stack_table(tmp_path / "e.parquet", ids, probs, TILE=np.full(ids.size, "elsewhere"), ROW=ids),
+                      stack, "OU-JYH", store)
+    with pytest.raises(ValueError, match="no member 'OU-200'"):
+        stack_offsets(table, stack, "OU-200", store)
+    twice = SurveyStore.create(tmp_path / "twice.zarr", survey="toy", chunk_size=8, truth_columns=TRUTH)
+    for _ in range(2):
+        twice.append("T0", toy_batch(8, 1, 0))  # as `store concat` of two simulations: object IDs repeat
+    with pytest.raises(ValueError, match="repeats object IDs"):
+        stack_offsets(_stack_table(tmp_path / "t.parquet", np.arange(8), {m: p[:8] for m, p in probs.items()}),
+                      stack, "OU-JYH", twice)
+    with pytest.raises(ValueError, match="none of its"):
+        stack_offsets(_stack_table(tmp_path / "x.parquet", ids + 10_000, probs), stack, "OU-JYH", store)
+
+
+def test_stack_loss_is_the_stacks_weighted_cross_entropy_by_hand():
+    from lensengine.training.train import _stack_loss
+
+    logits = torch.tensor([[0.0, 1.0], [2.0, 0.5], [0.3, 0.1]])
+    y = torch.tensor([1, 0, 1])
+    w = torch.tensor([0.7, 0.3, 0.7])
+    offsets = torch.tensor([0.5, -1.0, float("nan")])  # the third row has no offset: it counts for nothing
+    z = np.array([0.8 * 1.0 + 0.5, 0.8 * -1.5 - 1.0])
+    by_hand = (0.7 * np.log1p(np.exp(-z[0])) + 0.3 * np.log1p(np.exp(z[1]))) / (0.7 + 0.3)
+    assert float(_stack_loss(logits, y, offsets, w, 0.8)) == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_stack_aware_training_runs_from_a_score_table_and_weight_zero_is_the_network_alone(store, tmp_path):
+    from lensengine.training.checkpoint import load_checkpoint
+    from lensengine.training.train import train
+
+    opened = SurveyStore.open(store)
+    labels = np.concatenate([opened.read_chunk("T0", k).truth["label"] for k in range(len(opened.chunk_slices("T0")))])
+    # the rest of the stack is confidently wrong about every cutout: the stack's loss is all this network's
+    table = _stack_table(tmp_path / "s.parquet", np.arange(labels.size), {"OU-66": np.where(labels == 1, 0.05, 0.95)})
+    stack = _stack_json(tmp_path / "stack.json", ("OU-66", "OU-JYH"), (1.0, 1.0), 0.0)
+    states = {}
+    for name, kw in (("alone", {}), ("w0", dict(stack_scores=str(table), stack_file=str(stack), stack_weight=0.0)),
+                     ("w1", dict(stack_scores=str(table), stack_file=str(stack), stack_weight=1.0))):
+        result = train(_cfg(epochs=1, max_train=32, max_val=8, **kw), store, tmp_path / name, progress=False,
+                       export=False)
+        states[name] = load_checkpoint(result.checkpoint)["model_state"]
+    for k in states["alone"]:
+        assert torch.equal(states["alone"][k], states["w0"][k]), k
+    assert any(not torch.equal(states["alone"][k], states["w1"][k]) for k in states["alone"])
