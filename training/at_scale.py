@@ -17,6 +17,9 @@ into one folder; ``run`` (run there) does the whole job against a clock and leav
    time in its own process from the shipped weights, with the sky recipe of stops 26–28 (``RECIPE``), a
    constant rate and as many epochs as the rest of the time holds; the kept epoch is the one with the
    best validation TPR at FPR 1 %;
+   With ``--stack-weight W`` each trains stack-aware (``lensengine train --stack-scores``, models/README.md
+   "Stop 46"): first the shipped networks score the training store on the CPU (``lensengine run``), in
+   training's share of the time;
 4. ``summary.json`` (machine, stores, rates, every epoch's validation figures) and ``at_scale.tar.gz``
    (per network its ONNX file, kept checkpoint and ``log.csv``) in ``--out``.
 
@@ -123,8 +126,10 @@ def make_stores(work: Path, *, n_val: int, n_train_max: int, train_seconds: floa
 
 
 def train_commands(models, *, stores: dict, init: Path, runs: Path, minutes: float | None, epochs: int,
-                   device: str, loader_workers: int, threads: int) -> dict[str, list[str]]:
-    """One `lensengine train` command per network (run side by side)."""
+                   device: str, loader_workers: int, threads: int,
+                   stack: tuple[str, float] | None = None) -> dict[str, list[str]]:
+    """One `lensengine train` command per network (run side by side); ``stack`` = (the other members' score
+    table of the training store, weight) trains each stack-aware."""
     cmds = {}
     for name in models:
         cmd = [sys.executable, "-m", "lensengine.engine", "-q", "train", "--model", name,
@@ -133,8 +138,29 @@ def train_commands(models, *, stores: dict, init: Path, runs: Path, minutes: flo
                "--loader-workers", str(loader_workers), "--threads", str(threads), "--json"]
         if minutes is not None:
             cmd += ["--max-time", f"{minutes:.2f}"]
+        if stack is not None:
+            cmd += ["--stack-scores", stack[0], "--stack-weight", f"{stack[1]:g}"]
         cmds[name] = cmd
     return cmds
+
+
+def partner_scores(stores: dict, work: Path, *, models_dir: Path, workers: int) -> dict:
+    """The shipped networks' score table of the training store (the fixed members of stack-aware training),
+    made by `lensengine run` on the CPU and timed; ``{"error": ...}`` if it failed (training goes on without)."""
+    table = work / "train_scores"
+    cmd = [sys.executable, "-m", "lensengine.engine", "-q", "run", "--tiles", stores["train"]["store"],
+           "--out", str(work / "train_partners.fits"), "--scores", str(table), "--models", str(models_dir),
+           "--workers", str(workers)]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        log.error("scoring the training store failed (exit %d); training without the stack: %s", done.returncode,
+                  done.stderr[-1000:])
+        return {"error": done.stderr[-4000:], "seconds": round(seconds, 1)}
+    n = stores["train"]["n"]
+    log.info("training store scored by the shipped networks: %d cutouts in %.0f s (%.0f/s)", n, seconds, n / seconds)
+    return {"table": str(table), "seconds": round(seconds, 1), "rate": round(n / seconds, 1)}
 
 
 def export_kept(run_dir: Path) -> str | None:
@@ -160,7 +186,7 @@ def read_log(path: Path) -> list[dict]:
 def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: float = 0.45,
         workers: int | None = None, device: str = "auto", max_epochs: int = 60, n_train_max: int = 400_000,
         train_seed: int = TRAIN_SEED, models_dir: Path | None = None, work: Path | None = None,
-        dry_run: bool = False) -> dict:
+        dry_run: bool = False, stack_weight: float = 0.0) -> dict:
     """The whole job; returns (and writes to ``out/summary.json``) what it did."""
     from lensengine.engine.models import default_models_dir
 
@@ -182,7 +208,14 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
     stores = make_stores(work, n_val=n_val, n_train_max=n_train_max, train_seconds=budget["simulate"],
                          workers=workers, train_seed=train_seed)
     summary["stores"] = stores
-    init = init_dir(Path(models_dir or default_models_dir()), models, work / "init")
+    models_dir = Path(models_dir or default_models_dir())
+    init = init_dir(models_dir, models, work / "init")
+    stack = None
+    if stack_weight > 0:  # its time comes out of training's (the deadline stays)
+        summary["partner_scores"] = partner_scores(stores, work, models_dir=models_dir, workers=workers)
+        if "table" in summary["partner_scores"]:
+            stack = (summary["partner_scores"]["table"], stack_weight)
+    summary["stack_weight"] = stack_weight if stack else 0.0
     runs = work / "runs"
     # the training processes are stopped at the deadline whatever they are doing (the kept epoch is on disk);
     # their own --max-time ends them between epochs before it, less the time their data take to load
@@ -193,7 +226,7 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
     per_model_cores = max(1, cores // len(models))
     cmds = train_commands(models, stores=stores, init=init, runs=runs, minutes=train_minutes, epochs=max_epochs,
                           device=device, loader_workers=max(1, per_model_cores - 1),
-                          threads=1 if dry_run else min(per_model_cores, 4))
+                          threads=1 if dry_run else min(per_model_cores, 4), stack=stack)
     summary["train_minutes"] = train_minutes
     t0 = time.perf_counter()
     # output to files, not pipes: a process whose pipe nobody reads yet would block when it fills
@@ -317,6 +350,9 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="auto", help="auto | cuda | cpu")
     r.add_argument("--max-epochs", type=int, default=60, help="epochs at most (the clock usually stops first)")
     r.add_argument("--train-seed", type=int, default=TRAIN_SEED, help=f"training store seed (default {TRAIN_SEED})")
+    r.add_argument("--stack-weight", type=float, default=0.0,
+                   help="train stack-aware (`lensengine train --stack-weight`) after the shipped networks score the "
+                        "training store on the CPU, in training's time (default 0: off; stop 46 measured 0.5 and 1)")
     r.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: checks the job end to end")
     p = sub.add_parser("pack", help="gather what the GPU machine lacks into one folder (here, before the lease)")
     p.add_argument("--into", type=Path, default=Path(".lease"), help="folder to fill (ignored by git; carry it)")
@@ -329,7 +365,8 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         summary = run(args.out, minutes=args.minutes, models=tuple(m for m in args.models.split(",") if m),
                       sim_share=args.sim_share, workers=args.workers, device=args.device,
-                      max_epochs=args.max_epochs, train_seed=args.train_seed, work=args.work, dry_run=args.dry_run)
+                      max_epochs=args.max_epochs, train_seed=args.train_seed, work=args.work, dry_run=args.dry_run,
+                      stack_weight=args.stack_weight)
         failed = [m for m, r in summary["training"].items() if r["returncode"] and not r.get("onnx")]
         print(json.dumps({k: summary[k] for k in ("stores", "seconds", "archive")}, indent=1))
         return 1 if failed else 0

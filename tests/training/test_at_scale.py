@@ -85,6 +85,22 @@ def test_the_dry_run_simulates_trains_exports_and_archives(tmp_path):
     assert at_scale.export_kept(run_dir) is None
 
 
+def test_the_dry_run_trains_stack_aware_on_the_shipped_networks_scores(tmp_path):
+    summary = at_scale.run(tmp_path / "out", models=("OU-66",), workers=1, dry_run=True, stack_weight=0.5)
+    scored = summary["partner_scores"]
+    assert "error" not in scored and summary["stack_weight"] == 0.5
+    from lensengine.catalogs.catalog import score_arrow
+
+    table = score_arrow(scored["table"])
+    assert table.num_rows == summary["stores"]["train"]["n"]
+    assert np.isfinite(table["P_OU_VIS"].to_numpy()).all()  # the member OU-66's stack loss leans on most
+    run = summary["training"]["OU-66"]
+    assert run["returncode"] == 0, run.get("stderr")
+    assert f"--stack-scores {scored['table']} --stack-weight 0.5" in run["command"]
+    config = json.loads((tmp_path / "out" / "work" / "runs" / "OU-66" / "config.json").read_text())
+    assert config["stack_scores"] == scored["table"] and config["stack_weight"] == 0.5
+
+
 def test_pack_gathers_wheels_galaxies_and_the_device_script(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
