@@ -144,15 +144,20 @@ def train_commands(models, *, stores: dict, init: Path, runs: Path, minutes: flo
     return cmds
 
 
-def partner_scores(stores: dict, work: Path, *, models_dir: Path, workers: int) -> dict:
+def partner_scores(stores: dict, work: Path, *, models_dir: Path, workers: int, timeout_s: float | None = None) -> dict:
     """The shipped networks' score table of the training store (the fixed members of stack-aware training),
-    made by `lensengine run` on the CPU and timed; ``{"error": ...}`` if it failed (training goes on without)."""
+    made by `lensengine run` on the CPU and timed; ``{"error": ...}`` if it failed or ran past ``timeout_s``
+    (training goes on without it)."""
     table = work / "train_scores"
     cmd = [sys.executable, "-m", "lensengine.engine", "-q", "run", "--tiles", stores["train"]["store"],
            "--out", str(work / "train_partners.fits"), "--scores", str(table), "--models", str(models_dir),
            "--workers", str(workers)]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log.error("scoring the training store ran past %.0f s; training without the stack", timeout_s)
+        return {"error": f"timed out after {timeout_s:.0f} s", "seconds": round(time.perf_counter() - t0, 1)}
     seconds = time.perf_counter() - t0
     if done.returncode:
         log.error("scoring the training store failed (exit %d); training without the stack: %s", done.returncode,
@@ -210,16 +215,18 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
     summary["stores"] = stores
     models_dir = Path(models_dir or default_models_dir())
     init = init_dir(models_dir, models, work / "init")
+    # the training processes are stopped at the deadline whatever they are doing (the kept epoch is on disk);
+    # their own --max-time ends them between epochs before it, less the time their data take to load
+    deadline = None if dry_run else t_start + budget["stop_training"]
     stack = None
-    if stack_weight > 0:  # its time comes out of training's (the deadline stays)
-        summary["partner_scores"] = partner_scores(stores, work, models_dir=models_dir, workers=workers)
+    if stack_weight > 0:  # its time comes out of training's (the deadline stays), half of it at most
+        summary["partner_scores"] = partner_scores(
+            stores, work, models_dir=models_dir, workers=workers,
+            timeout_s=None if deadline is None else max(0.5 * (deadline - time.perf_counter()), 10.0))
         if "table" in summary["partner_scores"]:
             stack = (summary["partner_scores"]["table"], stack_weight)
     summary["stack_weight"] = stack_weight if stack else 0.0
     runs = work / "runs"
-    # the training processes are stopped at the deadline whatever they are doing (the kept epoch is on disk);
-    # their own --max-time ends them between epochs before it, less the time their data take to load
-    deadline = None if dry_run else t_start + budget["stop_training"]
     train_minutes = None if dry_run else max(
         (deadline - time.perf_counter() - load_allowance(stores["train"]["n"])) / 60.0, 0.5)
     # each network's share of the cores: all but one assemble batches (the GPU's bottleneck), torch takes up to 4

@@ -380,7 +380,7 @@ def load_cutouts(store, spec: ModelSpec, *, limit: int | None = None, cache: str
             for b in spec.bands:
                 raw[b][n:n + k] = np.asarray(bands[b], dtype=np.float32)[rows]
         labels[n:n + k] = label[rows]
-        store_rows[n:n + k] = first_row[tile] + store.chunk_slices(tile)[index][0] + rows
+        store_rows[n:n + k] = first_row[tile] + index * store.chunk_size + rows  # chunk_slices' start
         n += k
         if progress is not None:
             progress(report.n_read, total)

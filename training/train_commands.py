@@ -118,6 +118,8 @@ def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size,
     if unknown:
         raise click.UsageError(f"unknown model(s) {', '.join(map(repr, unknown))}; known models: "
                                f"{', '.join(MODEL_SPECS)}")
+    if stack_file is not None and stack_scores is None:
+        raise click.UsageError("--stack-file is the stack of stack-aware training: give --stack-scores with it")
     chosen = tuple(MODEL_NAMES) if all_models else tuple(dict.fromkeys(model_names))
     if batch_size is not None and len(chosen) > 1:
         log.warning("--batch-size %d applies to every model trained here", batch_size)

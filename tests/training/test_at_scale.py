@@ -101,6 +101,19 @@ def test_the_dry_run_trains_stack_aware_on_the_shipped_networks_scores(tmp_path)
     assert config["stack_scores"] == scored["table"] and config["stack_weight"] == 0.5
 
 
+def test_partner_scoring_that_fails_or_runs_over_leaves_training_without_the_stack(tmp_path):
+    from lensengine.engine.models import default_models_dir
+
+    stores = {"train": {"store": str(tmp_path / "missing.zarr"), "n": 8}}
+    failed = at_scale.partner_scores(stores, tmp_path, models_dir=default_models_dir(), workers=1, timeout_s=120)
+    assert "table" not in failed and "missing.zarr" in failed["error"]
+    late = at_scale.partner_scores(stores, tmp_path, models_dir=default_models_dir(), workers=1, timeout_s=0.01)
+    assert "table" not in late and late["error"] == "timed out after 0 s"
+    cmds = at_scale.train_commands(("OU-66",), stores={"train": {"store": "t"}, "val": {"store": "v"}}, init=tmp_path,
+                                   runs=tmp_path, minutes=None, epochs=1, device="cpu", loader_workers=1, threads=1)
+    assert "--stack-scores" not in cmds["OU-66"]
+
+
 def test_pack_gathers_wheels_galaxies_and_the_device_script(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()

@@ -191,6 +191,9 @@ def test_data_loading_skips_and_caches(tmp_path):
     prepared, rep = load_cutouts(path, spec, cache="prepared")
     raw, _ = load_cutouts(path, spec, cache="raw")
     assert rep.n_read == 48 and rep.skipped_unusable == 3 and rep.skipped_flags == 3 and rep.n_used == 42
+    # each cutout's store row (stack-aware training looks scores up by it): the six bad ones of chunk 0 left out
+    np.testing.assert_array_equal(prepared.rows, np.arange(6, 48))
+    np.testing.assert_array_equal(prepared.subset(np.array([0, 17])).rows, [6, 23])
     assert prepared.mode == "prepared" and raw.mode == "raw" and raw.nbytes < prepared.nbytes * 4
     idx = np.array([5, 0, 41])
     np.testing.assert_array_equal(prepared.batch(idx)[0], raw.batch(idx)[0])
@@ -221,6 +224,7 @@ def test_min_arc_snr_leaves_out_only_faint_lenses(tmp_path):
     assert (bright.labels == 0).sum() == (every.labels == 0).sum()            # every negative kept
     assert (bright.labels == 1).sum() == (truth["label"] == 1).sum() - faint.sum()
     np.testing.assert_array_equal(bright.inputs, every.inputs[~faint])        # the same rows, in order
+    np.testing.assert_array_equal(bright.rows, np.flatnonzero(~faint))        # ... named by their store rows
     assert rep.as_dict()["skipped_faint"] == faint.sum()
 
 
