@@ -397,13 +397,13 @@ def test_stack_offsets_are_the_other_members_log_odds_found_by_object_id(store, 
     want = np.full(n, np.nan)
     want[ids] = 0.5 + 0.9 * lo["OU-66"] + 0.8 * lo["OU-VIS"]  # by hand; OU-JYH's own score plays no part
     assert np.isnan(offsets[ids[0]]) and np.isnan(offsets).sum() == 6
-    np.testing.assert_allclose(offsets, want, rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(offsets, want, rtol=1e-9, atol=1e-12, equal_nan=True)
     # a run's table names cutouts by tile and row (joined stores repeat object IDs), checked by object ID
     by_row = _stack_table(tmp_path / "r.parquet", np.where(np.arange(ids.size) == 3, 999, ids), probs,
                           TILE=np.full(ids.size, "T0"), ROW=ids)
     found, _ = stack_offsets(by_row, stack, "OU-JYH", store)
     want[ids[3]] = np.nan  # its object ID does not match the cutout at that row
-    np.testing.assert_allclose(found, want, rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(found, want, rtol=1e-9, atol=1e-12, equal_nan=True)
     with pytest.raises(ValueError, match=r"its tiles \['elsewhere'\] are not the store's"):
         stack_offsets(_stack_table(tmp_path / "e.parquet", ids, probs, TILE=np.full(ids.size, "elsewhere"), ROW=ids),
                       stack, "OU-JYH", store)
