@@ -137,10 +137,11 @@ def _load(scores: Path, label: str, feats: Path, store: str) -> tuple[np.ndarray
     """(log-odds of the seven networks, features, labels) of one store, rows in store order."""
     import pyarrow.parquet as pq
 
+    from lensengine.catalogs.catalog import score_column
     from lensengine.engine.stack import logit
 
     table = pq.read_table(scores / f"{label}__{store}.parquet").to_pydict()
-    log_odds = logit(np.stack([np.asarray(table["P_" + m.replace("-", "_")], np.float64) for m in MODELS], 1))
+    log_odds = logit(np.stack([np.asarray(table[score_column(m)], np.float64) for m in MODELS], 1))
     saved = np.load(feats / f"{store}.npz")
     names = sorted(k for k in saved.files if k not in ("label", "kind"))
     x = np.stack([saved[k] for k in names], 1)

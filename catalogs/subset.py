@@ -20,7 +20,7 @@ import numpy as np
 
 from lensengine.catalogs.store import CutoutBatch, SurveyStore
 
-__all__ = ["StorePart", "parse_part", "concat_stores", "top_cutouts", "select_top"]
+__all__ = ["StorePart", "parse_part", "concat_stores", "top_cutouts", "select_top", "score_table_rows"]
 
 
 @dataclass(frozen=True)
@@ -122,22 +122,28 @@ def select_top(scores: np.ndarray, n: int) -> np.ndarray:
     return np.sort(order[:n])
 
 
-def _score_rows(table_path, column: str, store: SurveyStore) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{tile: (rows, scores)}`` from a score table (``lensengine run --scores``), checked against the store."""
+def score_table_rows(table_path, columns, store: SurveyStore) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{tile: (rows, scores)}`` from a score table (``lensengine run --scores``), checked against the store
+    (its tiles, rows and object IDs); ``columns``: one name (scores 1-D) or a list (scores ``(n, len)``)."""
     from lensengine.catalogs.catalog import score_arrow, score_table_schema
 
+    wanted = [columns] if isinstance(columns, str) else list(columns)
     try:
         names = score_table_schema(table_path).names
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a non-Parquet file
         raise ValueError(f"{table_path} is not a readable Parquet score table: {exc}") from exc
-    if column not in names:
+    missing = [c for c in wanted if c not in names]
+    if missing:
         scored = ", ".join(n for n in names if n.startswith("P_")) or "none"
-        raise ValueError(f"score table {table_path} has no column {column!r} (score columns: {scored})")
+        raise ValueError(f"score table {table_path} has no column {missing[0]!r} (score columns: {scored})")
     if "ROW" not in names:
         raise ValueError(f"score table {table_path} has no ROW column: is it a lensengine score table?")
-    table = score_arrow(table_path, [c for c in ("TILE", "ROW", "OBJECT_ID", column) if c in names])
+    table = score_arrow(table_path, [c for c in ("TILE", "ROW", "OBJECT_ID") if c in names] + wanted)
     rows = np.asarray(table.column("ROW"), dtype=np.int64)
-    values = np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = np.stack([np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+                       for c in wanted], 1)
+    if isinstance(columns, str):
+        values = values[:, 0]
     if "TILE" in names:
         tiles = np.asarray(table.column("TILE").to_pylist(), dtype=object)
     elif len(store.tiles) == 1:
@@ -186,7 +192,7 @@ def top_cutouts(store_path, table_path, column: str, n: int, out, *, tile: str =
     if n < 1:
         raise ValueError(f"--top must be at least 1, not {n}")
     store = SurveyStore.open(store_path)
-    by_tile = _score_rows(table_path, column, store)
+    by_tile = score_table_rows(table_path, column, store)
     scored = [name for name in store.tiles if name in by_tile]      # store order: ties go to the earlier tile
     values = np.concatenate([by_tile[name][1] for name in scored] or [np.zeros(0)])
     rows = np.concatenate([by_tile[name][0] for name in scored] or [np.zeros(0, np.int64)])

@@ -380,43 +380,45 @@ def _stack_json(path, models, coef, intercept):
     return path
 
 
-def test_stack_offsets_are_the_other_members_log_odds_found_by_object_id(store, tmp_path):
+def test_stack_offsets_are_the_other_members_log_odds_at_each_tables_tile_and_row(store, tmp_path):
     from lensengine.training.stack_aware import stack_offsets
 
     rng = np.random.default_rng(3)
     n = SurveyStore.open(store).total_cutouts()
-    ids = rng.permutation(n)[: n - 5]  # shuffled, five cutouts left out
-    probs = {m: rng.uniform(0.01, 0.99, ids.size) for m in ("OU-66", "OU-VIS", "OU-JYH")}
+    rows = rng.permutation(n)[: n - 5]  # shuffled, five cutouts left out; the toy store's object ID is its row
+    probs = {m: rng.uniform(0.01, 0.99, rows.size) for m in ("OU-66", "OU-VIS", "OU-JYH")}
     probs["OU-VIS"][0] = np.nan  # a flagged cutout
-    table = _stack_table(tmp_path / "s.parquet", ids, probs)
+    table = _stack_table(tmp_path / "s.parquet", rows, probs, TILE=np.full(rows.size, "T0"), ROW=rows)
     stack = _stack_json(tmp_path / "stack.json", ("OU-66", "OU-VIS", "OU-JYH"), (0.9, 0.8, -0.25), 0.5)
     offsets, coef = stack_offsets(table, stack, "OU-JYH", store)
     assert coef == -0.25 and offsets.shape == (n,)
     p32 = {m: p.astype(np.float32).astype(np.float64) for m, p in probs.items()}  # as the table holds them
     lo = {m: np.log(p / (1 - p)) for m, p in p32.items()}
     want = np.full(n, np.nan)
-    want[ids] = 0.5 + 0.9 * lo["OU-66"] + 0.8 * lo["OU-VIS"]  # by hand; OU-JYH's own score plays no part
-    assert np.isnan(offsets[ids[0]]) and np.isnan(offsets).sum() == 6
+    want[rows] = 0.5 + 0.9 * lo["OU-66"] + 0.8 * lo["OU-VIS"]  # by hand; OU-JYH's own score plays no part
+    assert np.isnan(offsets[rows[0]]) and np.isnan(offsets).sum() == 6
     np.testing.assert_allclose(offsets, want, rtol=1e-9, atol=1e-12, equal_nan=True)
-    # a run's table names cutouts by tile and row (joined stores repeat object IDs), checked by object ID
-    by_row = _stack_table(tmp_path / "r.parquet", np.where(np.arange(ids.size) == 3, 999, ids), probs,
-                          TILE=np.full(ids.size, "T0"), ROW=ids)
-    found, _ = stack_offsets(by_row, stack, "OU-JYH", store)
-    want[ids[3]] = np.nan  # its object ID does not match the cutout at that row
-    np.testing.assert_allclose(found, want, rtol=1e-9, atol=1e-12, equal_nan=True)
-    with pytest.raises(ValueError, match=r"its tiles \['elsewhere'\] are not the store's"):
-        stack_offsets(_stack_table(tmp_path / "e.parquet", ids, probs, TILE=np.full(ids.size, "elsewhere"), ROW=ids),
-                      stack, "OU-JYH", store)
+    # the table of another store is refused, as `store top` refuses it
+    with pytest.raises(ValueError, match="does not match the store"):
+        stack_offsets(_stack_table(tmp_path / "m.parquet", np.where(np.arange(rows.size) == 3, 999, rows), probs,
+                                   TILE=np.full(rows.size, "T0"), ROW=rows), stack, "OU-JYH", store)
+    with pytest.raises(ValueError, match="scores tile 'elsewhere', which the store does not hold"):
+        stack_offsets(_stack_table(tmp_path / "e.parquet", rows, probs, TILE=np.full(rows.size, "elsewhere"),
+                                   ROW=rows), stack, "OU-JYH", store)
     with pytest.raises(ValueError, match="no member 'OU-200'"):
         stack_offsets(table, stack, "OU-200", store)
+    with pytest.raises(ValueError, match="no cutout of the training store"):
+        stack_offsets(_stack_table(tmp_path / "x.parquet", rows, {m: np.full(rows.size, np.nan) for m in probs},
+                                   ROW=rows), stack, "OU-JYH", store)
+    # a store joined by `store concat` repeats object IDs: the tile and row still name each cutout
     twice = SurveyStore.create(tmp_path / "twice.zarr", survey="toy", chunk_size=8, truth_columns=TRUTH)
     for _ in range(2):
-        twice.append("T0", toy_batch(8, 1, 0))  # as `store concat` of two simulations: object IDs repeat
-    with pytest.raises(ValueError, match="repeats object IDs"):
-        stack_offsets(_stack_table(tmp_path / "t.parquet", np.arange(8), {m: p[:8] for m, p in probs.items()}),
-                      stack, "OU-JYH", twice)
-    with pytest.raises(ValueError, match="none of its"):
-        stack_offsets(_stack_table(tmp_path / "x.parquet", ids + 10_000, probs), stack, "OU-JYH", store)
+        twice.append("T0", toy_batch(8, 1, 0))
+    both, _ = stack_offsets(_stack_table(tmp_path / "t.parquet", np.tile(np.arange(8), 2),
+                                         {m: np.tile(p[:8], 2) for m, p in probs.items()}, ROW=np.arange(16)),
+                            stack, "OU-JYH", twice)
+    np.testing.assert_allclose(both[8:], both[:8], rtol=0, atol=0, equal_nan=True)
+    assert np.isfinite(both[1:8]).all() and np.isnan(both[0])
 
 
 def test_stack_loss_is_the_stacks_weighted_cross_entropy_by_hand():
@@ -438,7 +440,8 @@ def test_stack_aware_training_runs_from_a_score_table_and_weight_zero_is_the_net
     opened = SurveyStore.open(store)
     labels = np.concatenate([opened.read_chunk("T0", k).truth["label"] for k in range(len(opened.chunk_slices("T0")))])
     # the rest of the stack is confidently wrong about every cutout: the stack's loss is all this network's
-    table = _stack_table(tmp_path / "s.parquet", np.arange(labels.size), {"OU-66": np.where(labels == 1, 0.05, 0.95)})
+    table = _stack_table(tmp_path / "s.parquet", np.arange(labels.size), {"OU-66": np.where(labels == 1, 0.05, 0.95)},
+                         ROW=np.arange(labels.size))
     stack = _stack_json(tmp_path / "stack.json", ("OU-66", "OU-JYH"), (1.0, 1.0), 0.0)
     states = {}
     for name, kw in (("alone", {}), ("w0", dict(stack_scores=str(table), stack_file=str(stack), stack_weight=0.0)),
