@@ -127,9 +127,10 @@ def make_stores(work: Path, *, n_val: int, n_train_max: int, train_seconds: floa
 
 def train_commands(models, *, stores: dict, init: Path, runs: Path, minutes: float | None, epochs: int,
                    device: str, loader_workers: int, threads: int,
-                   stack: tuple[str, float] | None = None) -> dict[str, list[str]]:
+                   stack: tuple[str, float] | None = None, stack_val: str | None = None) -> dict[str, list[str]]:
     """One `lensengine train` command per network (run side by side); ``stack`` = (the other members' score
-    table of the training store, weight) trains each stack-aware."""
+    table of the training store, weight) trains each stack-aware, ``stack_val`` (that of the validation store)
+    ranks its epochs by the stack's figure."""
     cmds = {}
     for name in models:
         cmd = [sys.executable, "-m", "lensengine.engine", "-q", "train", "--model", name,
@@ -140,31 +141,49 @@ def train_commands(models, *, stores: dict, init: Path, runs: Path, minutes: flo
             cmd += ["--max-time", f"{minutes:.2f}"]
         if stack is not None:
             cmd += ["--stack-scores", stack[0], "--stack-weight", f"{stack[1]:g}"]
+        if stack_val is not None:
+            cmd += ["--stack-val-scores", stack_val]
         cmds[name] = cmd
     return cmds
 
 
 def partner_scores(stores: dict, work: Path, *, models_dir: Path, workers: int, timeout_s: float | None = None) -> dict:
-    """The shipped networks' score table of the training store (the fixed members of stack-aware training),
-    made by `lensengine run` on the CPU and timed; ``{"error": ...}`` if it failed or ran past ``timeout_s``
-    (training goes on without it)."""
-    table = work / "train_scores"
-    cmd = [sys.executable, "-m", "lensengine.engine", "-q", "run", "--tiles", stores["train"]["store"],
-           "--out", str(work / "train_partners.fits"), "--scores", str(table), "--models", str(models_dir),
-           "--workers", str(workers)]
+    """The shipped networks' score tables of the training store (the fixed members of stack-aware training) and
+    of the validation store (the stack that ranks its epochs), made by `lensengine run` on the CPU and timed.
+    ``{"error": ...}`` if the training store's failed or ran past ``timeout_s`` (training goes on without the
+    stack); ``val_error`` if only the validation store's did (epochs ranked by the network's own figure)."""
+    out: dict = {}
+    t0 = time.perf_counter()
+    for key in ("train", "val"):
+        left = None if timeout_s is None else max(timeout_s - (time.perf_counter() - t0), 0.01)
+        got = _score_store(stores[key], work / f"{key}_scores", work / f"{key}_partners.fits", key,
+                           models_dir=models_dir, workers=workers, timeout_s=left)
+        if "error" in got:
+            if key == "train":
+                return got
+            out["val_error"] = got["error"]
+            break
+        out.update(got if key == "train" else {f"val_{k}": v for k, v in got.items()})
+    return out
+
+
+def _score_store(store: dict, table: Path, fits: Path, key: str, *, models_dir: Path, workers: int,
+                 timeout_s: float | None) -> dict:
+    cmd = [sys.executable, "-m", "lensengine.engine", "-q", "run", "--tiles", store["store"], "--out", str(fits),
+           "--scores", str(table), "--models", str(models_dir), "--workers", str(workers)]
+    then = "training without the stack" if key == "train" else "epochs ranked by each network's own figure"
     t0 = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        log.error("scoring the training store ran past %.0f s; training without the stack", timeout_s)
+        log.error("scoring the %s store ran past %.0f s; %s", key, timeout_s, then)
         return {"error": f"timed out after {timeout_s:.0f} s", "seconds": round(time.perf_counter() - t0, 1)}
     seconds = time.perf_counter() - t0
     if done.returncode:
-        log.error("scoring the training store failed (exit %d); training without the stack: %s", done.returncode,
-                  done.stderr[-1000:])
+        log.error("scoring the %s store failed (exit %d); %s: %s", key, done.returncode, then, done.stderr[-1000:])
         return {"error": done.stderr[-4000:], "seconds": round(seconds, 1)}
-    n = stores["train"]["n"]
-    log.info("training store scored by the shipped networks: %d cutouts in %.0f s (%.0f/s)", n, seconds, n / seconds)
+    n = store["n"]
+    log.info("%s store scored by the shipped networks: %d cutouts in %.0f s (%.0f/s)", key, n, seconds, n / seconds)
     return {"table": str(table), "seconds": round(seconds, 1), "rate": round(n / seconds, 1)}
 
 
@@ -218,13 +237,14 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
     # the training processes are stopped at the deadline whatever they are doing (the kept epoch is on disk);
     # their own --max-time ends them between epochs before it, less the time their data take to load
     deadline = None if dry_run else t_start + budget["stop_training"]
-    stack = None
+    stack = stack_val = None
     if stack_weight > 0:  # its time comes out of training's (the deadline stays), half of it at most
         summary["partner_scores"] = partner_scores(
             stores, work, models_dir=models_dir, workers=workers,
             timeout_s=None if deadline is None else max(0.5 * (deadline - time.perf_counter()), 10.0))
         if "table" in summary["partner_scores"]:
             stack = (summary["partner_scores"]["table"], stack_weight)
+            stack_val = summary["partner_scores"].get("val_table")
     summary["stack_weight"] = stack_weight if stack else 0.0
     runs = work / "runs"
     train_minutes = None if dry_run else max(
@@ -233,7 +253,8 @@ def run(out: Path, *, minutes: float = 8.0, models=DEFAULT_MODELS, sim_share: fl
     per_model_cores = max(1, cores // len(models))
     cmds = train_commands(models, stores=stores, init=init, runs=runs, minutes=train_minutes, epochs=max_epochs,
                           device=device, loader_workers=max(1, per_model_cores - 1),
-                          threads=1 if dry_run else min(per_model_cores, 4), stack=stack)
+                          threads=1 if dry_run else min(per_model_cores, 4), stack=stack,
+                          stack_val=stack_val)
     summary["train_minutes"] = train_minutes
     t0 = time.perf_counter()
     # output to files, not pipes: a process whose pipe nobody reads yet would block when it fills

@@ -74,7 +74,8 @@ def scheduled_lr(cfg: "TrainConfig", epoch: int, fraction: float = 0.0) -> float
 
 
 LOG_COLUMNS = ("time_utc", "elapsed_s", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auroc",
-               "val_tpr_fpr1", "lr", "epoch_s", "train_s", "data_wait_frac", "img_per_s", "best", "l2sp", "n_hard")
+               "val_tpr_fpr1", "val_stack_auroc", "val_stack_tpr_fpr1", "lr", "epoch_s", "train_s", "data_wait_frac",
+               "img_per_s", "best", "l2sp", "n_hard")
 
 # What decides the kept ("best") epoch.  A survey uses a lens finder at a false-positive rate of 1e-3 to
 # 1e-2, and the validation loss on a lens-rich store does not rank epochs the way the sky does (stop 28:
@@ -110,6 +111,8 @@ class TrainConfig:
                                        # training store with the other members' P; "" trains the network alone
     stack_file: str = ""               # the stack (""): the shipped models/ou_stack.json
     stack_weight: float = 0.5          # loss = (1 - w) CE(network) + w BCE(the stack with this network in it)
+    stack_val_scores: str = ""         # a score table of the validation store: select_by then ranks epochs by
+                                       # the stack's figure with this network in it, not the network's own
     val_fraction: float = 0.1          # split off the training store when no validation store is given
     max_train: int | None = None       # use at most this many training cutouts (store order)
     max_val: int | None = None         # use at most this many validation cutouts
@@ -391,17 +394,27 @@ def _load_data(cfg: TrainConfig, data, val, spec) -> tuple[CutoutSet, CutoutSet,
     return train_set, val_set, reports
 
 
-def _stack_offsets(cfg: TrainConfig, store, train_set: CutoutSet) -> tuple[np.ndarray, float] | None:
-    """Stack-aware training's ``(offset per training row (float32, NaN: none), this network's stack weight)``,
-    or None without ``stack_scores``."""
-    if not cfg.stack_scores:
+def _stack_offsets(cfg: TrainConfig, scores: str, store, cutouts: CutoutSet, what: str
+                   ) -> tuple[np.ndarray, float] | None:
+    """The stack's ``(offset per row of cutouts (float32, NaN: none), this network's stack weight)`` from the
+    score table ``scores`` of ``store``, or None without a table."""
+    if not scores:
         return None
     from lensengine.training.stack_aware import shipped_stack_file, stack_offsets
 
-    table, coef = stack_offsets(cfg.stack_scores, cfg.stack_file or shipped_stack_file(), cfg.model, store)
-    log.info("%s: stack-aware training (weight %.2f), its stack coefficient %.3f, offsets for %d of %d rows",
-             cfg.model, cfg.stack_weight, coef, int(np.isfinite(table[train_set.rows]).sum()), len(train_set))
-    return table[train_set.rows].astype(np.float32), coef
+    table, coef = stack_offsets(scores, cfg.stack_file or shipped_stack_file(), cfg.model, store)
+    log.info("%s: %s, its stack coefficient %.3f, offsets for %d of %d rows", cfg.model, what, coef,
+             int(np.isfinite(table[cutouts.rows]).sum()), len(cutouts))
+    return table[cutouts.rows].astype(np.float32), coef
+
+
+def stack_val_figures(labels, scores, offsets: np.ndarray, coef: float) -> dict[str, float]:
+    """``val_stack_auroc`` and ``val_stack_tpr_fpr1``: :func:`val_figures` of the stack's log-odds
+    ``offset + coef * logit(P)`` (P clipped as the engine's stack clips it; rows without an offset left out)."""
+    from lensengine.engine.stack import logit
+
+    z = offsets.astype(np.float64) + coef * logit(scores)
+    return {k.replace("val_", "val_stack_", 1): v for k, v in val_figures(labels, z).items()}
 
 
 # --- logging -------------------------------------------------------------------------------------
@@ -433,15 +446,15 @@ def selection_used(select_by: str, labels) -> str:
     return "loss" if select_by == "tpr_fpr1" and n_neg < MIN_NEGATIVES_FPR1 else select_by
 
 
-def selection_key(row: dict, used: str) -> tuple | None:
-    """How good a logged epoch is by ``used`` (larger is better; ties go to the lower loss);
-    None when the row does not have the figure."""
+def selection_key(row: dict, used: str, stack: bool = False) -> tuple | None:
+    """How good a logged epoch is by ``used`` (larger is better; ties go to the lower loss), the stack's
+    figure with ``stack``; None when the row does not have the figure."""
     loss = float(row.get("val_loss", float("nan")))
     if not math.isfinite(loss):
         return None
     if used == "loss":
         return (-loss,)
-    value = row.get(f"val_{used}")
+    value = row.get(f"val_stack_{used}" if stack else f"val_{used}")
     if value is None or value == "" or not math.isfinite(float(value)):
         return None
     return (float(value), -loss)
@@ -478,6 +491,8 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     many epochs (as an interruption would; used by tests and schedulers).
     """
     cfg = replace(config.resolved(), train_store=str(data), val_store=str(val or ""))
+    if cfg.stack_val_scores and val is None:
+        raise ValueError("stack_val_scores is the score table of the validation store: give a validation store")
     spec = get_spec(cfg.model)
     out = Path(out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -516,18 +531,21 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     val_precision = "fp32" if cfg.val_precision == "fp32" else precision
 
     train_set, val_set, data_report = _load_data(cfg, data, val, spec)
-    offsets = _stack_offsets(cfg, data, train_set)
+    offsets = _stack_offsets(cfg, cfg.stack_scores, data, train_set,
+                             f"stack-aware training (weight {cfg.stack_weight:.2f})")
+    val_offsets = _stack_offsets(cfg, cfg.stack_val_scores, val, val_set,
+                                 f"epochs ranked by the stack's validation {cfg.select_by}")
     f = data_report["lens_fraction"]
     weights = torch.tensor([f, 1.0 - f] if cfg.class_weights else [1.0, 1.0], dtype=torch.float32, device=device)
     criterion = nn.CrossEntropyLoss(weight=weights, reduction="none")
 
     torch.manual_seed(cfg.seed)
     net = build_model(spec)
-    if cfg.init_from:  # also on resume: the published weights are the L2-SP anchor w0
-        from lensengine.training.export import load_published
+    if cfg.init_from:  # also on resume: the starting weights (published or a fine-tune) are the L2-SP anchor w0
+        from lensengine.training.export import load_published, published_weights_path
 
         net.load_state_dict(load_published(cfg.init_from, spec.name).state_dict())
-        log.info("%s: initialised from the published weights in %s", spec.name, cfg.init_from)
+        log.info("%s: initialised from %s", spec.name, published_weights_path(cfg.init_from, spec.name))
     net = net.to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -561,7 +579,8 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
         best_state, history = ckpt["best_state"], list(ckpt.get("history") or [])
         # the kept epoch, ranked by this run's figure (a checkpoint that ranked by another is re-ranked;
         # if its row lacks the figure, the next epoch replaces it)
-        best_key = selection_key(next((r for r in history if r.get("epoch") == best_epoch), {}), select)
+        best_key = selection_key(next((r for r in history if r.get("epoch") == best_epoch), {}), select,
+                                 val_offsets is not None)
         since_best = epoch - best_epoch
         log.info("%s: resuming from epoch %d (best %.5f at epoch %d)", spec.name, epoch, best_val, best_epoch)
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "precision_used": precision,
@@ -608,9 +627,11 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
             bar.remove_task(task)
             va = _run_epoch(net, val_set, val_order, cfg, device, val_precision, criterion)
             figures = val_figures(val_set.labels, va["scores"])
+            if val_offsets is not None:
+                figures.update(stack_val_figures(val_set.labels, va["scores"], *val_offsets))
             epoch += 1
             epochs_this_call += 1
-            key = selection_key({"val_loss": va["loss"], **figures}, select)
+            key = selection_key({"val_loss": va["loss"], **figures}, select, val_offsets is not None)
             improved = key is not None and (best_key is None or key > best_key)
             if improved:
                 best_val, best_epoch, best_key, since_best = va["loss"], epoch, key, 0
@@ -625,10 +646,12 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
                    "data_wait_frac": round(tr["wait_frac"], 4), "img_per_s": round(tr["img_per_s"], 1),
                    "best": int(improved), "l2sp": round(tr["l2sp"], 6), "n_hard": n_hard}
             history.append(row)
-            log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f AUROC %.3f TPR@FPR1%% %.3f%s | "
+            stack_note = ("" if val_offsets is None else f" | stack AUROC {figures['val_stack_auroc']:.3f} "
+                          f"TPR@FPR1% {figures['val_stack_tpr_fpr1']:.3f}")
+            log.info("%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f AUROC %.3f TPR@FPR1%% %.3f%s%s | "
                      "%.0f img/s, data wait %.1f%%", spec.name, epoch, tr["loss"], tr["acc"], va["loss"], va["acc"],
-                     figures["val_auroc"], figures["val_tpr_fpr1"], " *" if improved else "", tr["img_per_s"],
-                     100 * tr["wait_frac"])
+                     figures["val_auroc"], figures["val_tpr_fpr1"], stack_note, " *" if improved else "",
+                     tr["img_per_s"], 100 * tr["wait_frac"])
             state = {
                 "model": spec.name, "config": asdict(cfg), "precision_used": precision, "epoch": epoch,
                 "model_state": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},

@@ -85,8 +85,13 @@ def _quiet(ctx: click.Context) -> bool:
                    "member of the stack scored). The training loss adds the stacked ensemble's loss with this "
                    "network in it and the others fixed, so it learns most where the rest of the stack errs "
                    "(docs/training.md, \"Stack-aware training\").")
+@click.option("--stack-val-scores", "stack_val_scores", type=click.Path(exists=True, path_type=Path), default=None,
+              metavar="TABLE",
+              help="The score table of --val (as --stack-scores is of --tiles): --select-by then ranks the epochs "
+                   "by the stack's figure with this network in it, the objective a stack-aware run trains for; "
+                   "log.csv gives both.")
 @click.option("--stack-file", "stack_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The stack for --stack-scores (default: the shipped models/ou_stack.json).")
+              help="The stack for --stack-scores and --stack-val-scores (default: the shipped models/ou_stack.json).")
 @click.option("--stack-weight", "stack_weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --stack-scores: the stack's share of the loss; the rest is the network's own.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly.")
@@ -96,8 +101,8 @@ def _quiet(ctx: click.Context) -> bool:
 @click.pass_context
 def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size, lr, lr_schedule, seed, val_fraction,
               device, precision, max_train, max_val, min_arc_snr, early_stop, select_by, max_time, threads, cache,
-              max_memory_gb, loader_workers, init_from, augment, hard_negatives, hard_boost, l2sp, stack_scores, stack_file,
-              stack_weight, resume, no_export, as_json):
+              max_memory_gb, loader_workers, init_from, augment, hard_negatives, hard_boost, l2sp, stack_scores, stack_val_scores,
+              stack_file, stack_weight, resume, no_export, as_json):
     """Train a lens-finding CNN: the paper's recipe (Adam 3e-4, class-weighted cross-entropy) plus the sky recipe.
 
     The sky recipe: per-cutout flips/turns and raw-band jitter (--augment), hard-negative
@@ -118,8 +123,8 @@ def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size,
     if unknown:
         raise click.UsageError(f"unknown model(s) {', '.join(map(repr, unknown))}; known models: "
                                f"{', '.join(MODEL_SPECS)}")
-    if stack_file is not None and stack_scores is None:
-        raise click.UsageError("--stack-file is the stack of stack-aware training: give --stack-scores with it")
+    if stack_file is not None and stack_scores is None and stack_val_scores is None:
+        raise click.UsageError("--stack-file is the stack of --stack-scores or --stack-val-scores: give one with it")
     chosen = tuple(MODEL_NAMES) if all_models else tuple(dict.fromkeys(model_names))
     if batch_size is not None and len(chosen) > 1:
         log.warning("--batch-size %d applies to every model trained here", batch_size)
@@ -131,6 +136,7 @@ def train_cmd(ctx, model_names, all_models, store, val, out, epochs, batch_size,
                       cache=cache, max_memory_gb=max_memory_gb, init_from=str(init_from or ""), augment=augment,
                       hard_negatives=hard_negatives, hard_negative_boost=hard_boost, l2sp=l2sp,
                       stack_scores=str(stack_scores or ""), stack_file=str(stack_file or ""), stack_weight=stack_weight,
+                      stack_val_scores=str(stack_val_scores or ""),
                       loader_workers=loader_workers)
     progress = not _quiet(ctx)
     try:

@@ -96,15 +96,25 @@ def test_the_dry_run_trains_stack_aware_on_the_shipped_networks_scores(tmp_path)
     assert np.isfinite(table["P_OU_VIS"].to_numpy()).all()  # the member OU-66's stack loss leans on most
     run = summary["training"]["OU-66"]
     assert run["returncode"] == 0, run.get("stderr")
-    assert f"--stack-scores {scored['table']} --stack-weight 0.5" in run["command"]
+    assert f"--stack-scores {scored['table']} --stack-weight 0.5 --stack-val-scores {scored['val_table']}" \
+        in run["command"]
+    assert score_arrow(scored["val_table"]).num_rows == summary["stores"]["val"]["n"]
     config = json.loads((tmp_path / "out" / "work" / "runs" / "OU-66" / "config.json").read_text())
     assert config["stack_scores"] == scored["table"] and config["stack_weight"] == 0.5
+    assert config["stack_val_scores"] == scored["val_table"]
+    # the validation store's scoring fails alone: training stays stack-aware, its epochs ranked by its own figure
+    from lensengine.engine.models import default_models_dir
+
+    stores = {"train": summary["stores"]["train"], "val": {"store": str(tmp_path / "missing.zarr"), "n": 8}}
+    half = at_scale.partner_scores(stores, tmp_path / "again", models_dir=default_models_dir(), workers=1)
+    assert score_arrow(half["table"]).num_rows == stores["train"]["n"] and "missing.zarr" in half["val_error"]
+    assert "val_table" not in half
 
 
 def test_partner_scoring_that_fails_or_runs_over_leaves_training_without_the_stack(tmp_path):
     from lensengine.engine.models import default_models_dir
 
-    stores = {"train": {"store": str(tmp_path / "missing.zarr"), "n": 8}}
+    stores = {"train": {"store": str(tmp_path / "missing.zarr"), "n": 8}, "val": {"store": "never scored", "n": 8}}
     failed = at_scale.partner_scores(stores, tmp_path, models_dir=default_models_dir(), workers=1, timeout_s=120)
     assert "table" not in failed and "missing.zarr" in failed["error"]
     late = at_scale.partner_scores(stores, tmp_path, models_dir=default_models_dir(), workers=1, timeout_s=0.01)

@@ -452,3 +452,45 @@ def test_stack_aware_training_runs_from_a_score_table_and_weight_zero_is_the_net
     for k in states["alone"]:
         assert torch.equal(states["alone"][k], states["w0"][k]), k
     assert any(not torch.equal(states["alone"][k], states["w1"][k]) for k in states["alone"])
+
+
+def test_stack_val_figures_rank_the_stacks_log_odds_by_hand():
+    from lensengine.training.train import stack_val_figures
+
+    labels = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.6, 0.3, 0.5, 0.2, 0.4])       # alone: the second lens is below two negatives
+    offsets = np.array([0.0, 3.0, 0.0, np.nan, 0.0])  # the rest of the stack lifts it; row 3 has no offset
+    figures = stack_val_figures(labels, p, offsets.astype(np.float32), 2.0)
+    # z = offset + 2 logit(p): 0.81, 1.31, 0, (left out), -0.81: both lenses above both negatives kept
+    assert figures["val_stack_auroc"] == 1.0 and set(figures) == {"val_stack_auroc", "val_stack_tpr_fpr1"}
+    assert math.isnan(figures["val_stack_tpr_fpr1"])  # two negatives cannot place FPR 1 %
+    offsets[1] = -3.0                                 # now the stack drags the second lens below both
+    assert stack_val_figures(labels, p, offsets.astype(np.float32), 2.0)["val_stack_auroc"] == 0.5
+
+
+def test_stack_val_scores_rank_the_epochs_by_the_stacks_figure(store, tmp_path):
+    from lensengine.training.train import train
+
+    val = make_store(tmp_path / "val.zarr", n=32, seed=11)
+    labels = SurveyStore.open(val).read_chunk("T0", 0).truth["label"]
+    # a weakly informative rest of the stack, and a stack that weighs this network negatively (-3): the stack
+    # ranks the network's epochs unlike the network's own AUROC does
+    rest = np.where(labels == 1, 0.5, -0.5) + np.random.default_rng(0).normal(0, 1.0, labels.size)
+    table = _stack_table(tmp_path / "v.parquet", np.arange(labels.size), {"OU-66": 1 / (1 + np.exp(-rest))},
+                         ROW=np.arange(labels.size))
+    stack = _stack_json(tmp_path / "stack.json", ("OU-66", "OU-JYH"), (1.0, -3.0), 0.0)
+    result = train(_cfg(select_by="auroc", stack_val_scores=str(table), stack_file=str(stack)), store,
+                   tmp_path / "run", val=val, progress=False, export=False)
+    with open(result.out_dir / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+
+    def best(column):  # the epoch a figure keeps (ties: the lower validation loss)
+        return max(range(len(rows)), key=lambda i: (float(rows[i][column]), -float(rows[i]["val_loss"]))) + 1
+
+    assert len(rows) == 3 and best("val_auroc") != best("val_stack_auroc")
+    assert result.best_epoch == best("val_stack_auroc")
+    with pytest.raises(ValueError, match="score table of the validation store"):  # not a split of the training store
+        train(_cfg(stack_val_scores=str(table)), store, tmp_path / "split", progress=False)
+    # the same run without the table keeps the network's own best epoch
+    alone = train(_cfg(select_by="auroc"), store, tmp_path / "alone", val=val, progress=False, export=False)
+    assert alone.best_epoch == best("val_auroc")
