@@ -492,7 +492,8 @@ def train(config: TrainConfig, data, out_dir, *, val=None, resume: bool = False,
     """
     cfg = replace(config.resolved(), train_store=str(data), val_store=str(val or ""))
     if cfg.stack_val_scores and val is None:
-        raise ValueError("stack_val_scores is the score table of the validation store: give a validation store")
+        raise ValueError("stack_val_scores (--stack-val-scores) is the score table of the validation store: give "
+                         "a validation store (--val)")
     spec = get_spec(cfg.model)
     out = Path(out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
