@@ -335,6 +335,12 @@ class SurveyStore:
     def total_cutouts(self) -> int:
         return sum(self.n_cutouts(t) for t in self.tiles)
 
+    def first_rows(self) -> dict[str, int]:
+        """Each tile's first row in store order (the tiles one after another): a cutout's store row is its
+        tile's first row plus its row in the tile."""
+        starts = np.cumsum([0] + [self.n_cutouts(t) for t in self.tiles])
+        return {t: int(start) for t, start in zip(self.tiles, starts)}
+
     def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Every array a tile must hold: ``{path: (cutout shape, dtype)}``, from the format and the store's bands."""
         out: dict[str, tuple[tuple[int, ...], str]] = {}

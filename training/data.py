@@ -349,7 +349,7 @@ def load_cutouts(store, spec: ModelSpec, *, limit: int | None = None, cache: str
         raw = {b: np.empty((capacity, NATIVE_STAMP[b], NATIVE_STAMP[b]), dtype=np.float32) for b in spec.bands}
     labels = np.empty(capacity, dtype=np.int64)
     store_rows = np.empty(capacity, dtype=np.int64)
-    first_row = dict(zip(store.tiles, np.cumsum([0] + [store.n_cutouts(t) for t in store.tiles])))
+    first_row = store.first_rows()
     prep = Preprocessor([spec])
     n = 0
     for tile, index, batch in iter_store_chunks(store, report):

@@ -45,14 +45,12 @@ def stack_offsets(scores, stack_file, model: str, store) -> tuple[np.ndarray, fl
     others = [m for m in stack.models if m != model]
     coef = dict(zip(stack.models, stack.coef))
     store = _open_store(store)
-    first = dict(zip(store.tiles, np.cumsum([0] + [store.n_cutouts(t) for t in store.tiles])))
+    first = store.first_rows()
     n = store.total_cutouts()
     offsets = np.full(n, np.nan)
     for tile, (rows, probs) in score_table_rows(scores, [score_column(m) for m in others], store).items():
-        with np.errstate(invalid="ignore"):
-            values = stack.intercept + logit(probs) @ np.array([coef[m] for m in others])
-        values[~np.isfinite(probs).all(1)] = np.nan  # a flagged cutout: no score to lean on
-        offsets[first[tile] + rows] = values
+        with np.errstate(invalid="ignore"):  # a flagged cutout's NaN score makes its offset NaN: none to lean on
+            offsets[first[tile] + rows] = stack.intercept + logit(probs) @ np.array([coef[m] for m in others])
     lacking = int(np.isnan(offsets).sum())
     if lacking == n:
         raise ValueError(f"{scores}: no cutout of the training store {store.path} has a finite score of every "

@@ -179,3 +179,18 @@ def test_corrupt_small_column_fails_every_piece_of_its_chunk(small_store):
         with pytest.raises(ChunkReadError, match="label"):
             store.read("t0", a, a + 8)
     assert len(store.read("t0", 32, 40)) == 8  # the next chunk still reads
+
+
+def test_first_rows_place_each_tile_after_the_ones_before_it(tmp_path, rng):
+    from .conftest import make_batch
+
+    store = SurveyStore.create(tmp_path / "f.zarr", survey="t", chunk_size=8)
+    sizes = {"B": 5, "A": 12, "C": 3}
+    for tile, n in sizes.items():
+        store.append(tile, make_batch(rng, n))
+    first, at = store.first_rows(), 0
+    assert list(first) == store.tiles
+    for tile in store.tiles:  # by hand: each tile starts where the ones before it end
+        assert first[tile] == at
+        at += sizes[tile]
+    assert at == store.total_cutouts() == 20
